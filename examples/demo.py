@@ -1,0 +1,148 @@
+"""`make demo`: the governed gateway end to end on embedded defaults, then everything stops.
+
+1. starts the example in-boundary REST API (examples/inventory_api.py) on 127.0.0.1:8081
+2. starts the gateway over HTTP on 127.0.0.1:8080 with mcp-gateway.yaml (SQLite, example catalogs/policies)
+3. mints a short-lived internal token and a partner token with a dev key generated at first run
+4. runs the example agent with each and prints, side by side, what each sees and gets
+5. prints the audit rows those calls produced
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from rich.columns import Columns
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from agent import AgentReport, run_agent  # noqa: E402
+
+from mcp_gateway.audit import AuditLog  # noqa: E402
+from mcp_gateway.config import load_settings  # noqa: E402
+from mcp_gateway.devkeys import ensure_dev_key  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "mcp-gateway.yaml"
+console = Console()
+
+INTERNAL_CALLS = [("crm.customer_lookup", {"customer_id": "c-100"}), ("hr.salary_lookup", {"employee_id": "e-7"})]
+PARTNER_CALLS = [("orders.status", {"order_id": "o-1"}), ("crm.customer_lookup", {"customer_id": "c-100"})]
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _wait(url: str, process: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{what} exited with status {process.returncode}")
+        try:
+            if httpx.get(url, timeout=1, trust_env=False).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"{what} did not become ready at {url}")
+
+
+def _report(title: str, report: AgentReport) -> Panel:
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_row("[bold]sees[/]", "\n".join(report.tools) or "(nothing)")
+    for call in report.calls:
+        if call.ok:
+            table.add_row(f"[green]✔ {call.tool}[/]", call.text[:120])
+        else:
+            code = (call.error or {}).get("code", "?")
+            table.add_row(f"[red]✘ {call.tool}[/]", f"{call.text} [dim]({code})[/]")
+    return Panel(table, title=title, expand=True)
+
+
+def main() -> None:
+    settings = load_settings(CONFIG)
+    for port in (8080, 8081):
+        if not _port_free(port):
+            raise SystemExit(f"port {port} on 127.0.0.1 is in use; stop what uses it and run `make demo` again")
+    key = ensure_dev_key(settings.state_dir)  # writes .mcp-gateway/dev-jwks.json, which the config trusts
+    env = {**os.environ, "INVENTORY_API_KEY": secrets.token_urlsafe(24)}
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        api = subprocess.Popen([sys.executable, str(ROOT / "examples" / "inventory_api.py"), "--port", "8081"], env=env)
+        processes.append(api)
+        _wait("http://127.0.0.1:8081/health", api, "example API")
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "mcp_gateway", "serve", "--config", str(CONFIG), "--transport", "streamable-http"],
+            env=env,
+        )
+        processes.append(gateway)
+        _wait("http://127.0.0.1:8080/healthz", gateway, "gateway")
+        console.rule("[bold]mcp-gateway demo")
+        issuer, audience = settings.identity.issuer, settings.identity.audience
+        internal = key.mint("alice", roles=("support",), catalog="internal", issuer=issuer, audience=audience, ttl=300)
+        partner = key.mint("acme-bot", roles=("partner",), catalog="partner", issuer=issuer, audience=audience, ttl=300)
+        url = "http://127.0.0.1:8080/mcp"
+        started = time.time()
+        reports = asyncio.run(_both(url, internal, partner))
+        console.print(
+            Columns(
+                [
+                    _report("internal: alice (role support)", reports[0]),
+                    _report("partner: acme-bot (role partner)", reports[1]),
+                ],
+                equal=True,
+                expand=True,
+            )
+        )
+        _print_audit(settings.database_url, started)
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    console.print("[dim]all processes stopped[/]")
+
+
+async def _both(url: str, internal: str, partner: str) -> tuple[AgentReport, AgentReport]:
+    return await run_agent(url, internal, INTERNAL_CALLS), await run_agent(url, partner, PARTNER_CALLS)
+
+
+def _print_audit(database_url: str, since: float) -> None:
+    log = AuditLog(database_url)
+    table = Table("id", "event", "subject", "catalog", "tool", "decision", "rule", "outcome", "ms", title="audit trail")
+    cutoff = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(since))
+    for row in log.iter_rows(since=cutoff):
+        if row["event"] == "gateway.start":
+            continue
+        table.add_row(
+            str(row["id"]),
+            row["event"],
+            row["subject"] or "",
+            row["catalog"] or "",
+            row["tool"] or "",
+            row["decision"],
+            (row["rule"] or "")[:48],
+            row["outcome"],
+            f"{row['latency_ms']:.2f}" if row["latency_ms"] is not None else "",
+        )
+    log.close()
+    console.print(table)
+    console.print("[dim]each row is hash-chained to the one before; `mcp-gateway audit export` streams them as JSONL[/]")
+
+
+if __name__ == "__main__":
+    main()

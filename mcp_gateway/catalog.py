@@ -1,0 +1,222 @@
+"""Tool catalogs: which tools exist, for which audience, and how each one reaches its backend.
+
+``catalogs/<name>.yaml`` holds one catalog (``internal``, ``partner``, ...). Files are validated strictly at
+load: a catalog that does not load refuses start-up and, on reload, leaves the last good catalogs in force.
+Each tool's published definition is hashed; the hash lands in the audit trail, so a changed definition is
+visible (rug-pull protection).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import jsonschema
+import mcp_types as types
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mcp_gateway.config import EgressSettings, describe_validation_error
+from mcp_gateway.errors import ConfigError
+
+__all__ = [
+    "CATALOG_NAME",
+    "TOOL_NAME",
+    "CatalogSet",
+    "HttpBackend",
+    "ToolSpec",
+    "load_catalogs",
+]
+
+# MCP tool names: 1-128 characters from this set. Anything else cannot name a tool, so a call naming it is
+# simply unknown; the catalog loader refuses such names outright.
+TOOL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+CATALOG_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+RESERVED_FILES = frozenset({"models.yaml"})
+
+
+class _FileModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HttpBackend(_FileModel):
+    """A templated request to an in-boundary REST API, made with server-side credentials only."""
+
+    type: Literal["http"]
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "GET"
+    url: str = Field(description="Path placeholders {arg} are filled with the argument, percent-encoded as one segment.")
+    query: dict[str, str] = Field(default_factory=dict, description="query parameter -> argument name")
+    body: dict[str, str] = Field(default_factory=dict, description="JSON body field -> argument name")
+    headers: dict[str, str] = Field(default_factory=dict, description="Static headers; never filled from arguments.")
+    credential_env: str | None = Field(default=None, description="Environment variable holding the backend secret.")
+    credential_file: Path | None = Field(default=None, description="File holding the backend secret.")
+    credential_header: str = "Authorization"
+    credential_scheme: str = "Bearer"
+    timeout: float = Field(default=10.0, gt=0, le=300)
+    max_response_bytes: int = Field(default=1_048_576, gt=0, le=64 * 1_048_576)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute http(s) URL")
+        if _PLACEHOLDER.search(parts.netloc) or _PLACEHOLDER.search(parts.query) or parts.fragment:
+            raise ValueError("placeholders are allowed in the path only; use `query` for query parameters")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _no_hop_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, content in value.items():
+            if "\n" in content or "\r" in content or "\n" in name or "\r" in name:
+                raise ValueError(f"header {name!r} contains a line break")
+        return value
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> HttpBackend:
+        if self.credential_env and self.credential_file:
+            raise ValueError("set at most one of credential_env and credential_file")
+        return self
+
+    @property
+    def path_arguments(self) -> tuple[str, ...]:
+        return tuple(_PLACEHOLDER.findall(urlsplit(self.url).path))
+
+
+class _ToolModel(_FileModel):
+    name: str
+    title: str | None = None
+    description: str = Field(min_length=1)
+    input_schema: dict[str, Any]
+    annotations: types.ToolAnnotations | None = None
+    backend: HttpBackend
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not TOOL_NAME.fullmatch(value):
+            raise ValueError("tool names are 1-128 characters of A-Z a-z 0-9 _ . - and start with a letter, digit or _")
+        return value
+
+    @field_validator("input_schema")
+    @classmethod
+    def _schema(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if value.get("type") != "object":
+            raise ValueError('the root of input_schema must have "type": "object"')
+        try:
+            jsonschema.Draft202012Validator.check_schema(value)
+        except jsonschema.SchemaError as exc:
+            raise ValueError(f"not a valid JSON Schema: {exc.message}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _arguments_exist(self) -> _ToolModel:
+        properties = self.input_schema.get("properties", {})
+        wanted = [*self.backend.path_arguments, *self.backend.query.values(), *self.backend.body.values()]
+        missing = sorted({name for name in wanted if name not in properties})
+        if missing:
+            raise ValueError(f"backend uses arguments missing from input_schema.properties: {missing}")
+        required = set(self.input_schema.get("required", []))
+        optional_path = sorted(set(self.backend.path_arguments) - required)
+        if optional_path:
+            raise ValueError(f"path arguments must be required in input_schema: {optional_path}")
+        return self
+
+
+class _CatalogFile(_FileModel):
+    tools: list[_ToolModel]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ToolSpec:
+    """One tool as published to one catalog."""
+
+    name: str
+    catalog: str
+    definition: types.Tool
+    backend: HttpBackend
+    digest: str
+    validator: jsonschema.protocols.Validator = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogSet:
+    """Every catalog, immutable; swapped whole on reload."""
+
+    catalogs: Mapping[str, Mapping[str, ToolSpec]]
+    version: str
+
+    def lookup(self, catalog: str, name: str) -> ToolSpec | None:
+        return self.catalogs.get(catalog, {}).get(name)
+
+    def tools(self, catalog: str) -> tuple[ToolSpec, ...]:
+        return tuple(self.catalogs.get(catalog, {}).values())
+
+    def names(self) -> dict[str, tuple[str, ...]]:
+        return {name: tuple(tools) for name, tools in self.catalogs.items()}
+
+
+def _digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _tool_spec(catalog: str, model: _ToolModel) -> ToolSpec:
+    definition = types.Tool(
+        name=model.name,
+        title=model.title,
+        description=model.description,
+        input_schema=model.input_schema,
+        annotations=model.annotations,
+    )
+    published = definition.model_dump(mode="json", by_alias=True, exclude_none=True)
+    digest = _digest({"tool": published, "backend": model.backend.model_dump(mode="json")})
+    validator = jsonschema.Draft202012Validator(model.input_schema, format_checker=jsonschema.FormatChecker())
+    return ToolSpec(model.name, catalog, definition, model.backend, digest, validator)
+
+
+def load_catalogs(catalogs_dir: Path, egress: EgressSettings) -> CatalogSet:
+    """Load and validate every ``<catalog>.yaml`` in ``catalogs_dir``.
+
+    Raises:
+        ConfigError: a file is unreadable or invalid, a name repeats, or a backend URL is not on the egress
+            allowlist. The message names the file and the key.
+    """
+    if not catalogs_dir.is_dir():
+        raise ConfigError(f"catalogs_dir: {catalogs_dir} is not a folder")
+    catalogs: dict[str, dict[str, ToolSpec]] = {}
+    digests: dict[str, str] = {}
+    for path in sorted(catalogs_dir.glob("*.yaml")):
+        if path.name in RESERVED_FILES:
+            continue
+        name = path.stem
+        if not CATALOG_NAME.fullmatch(name):
+            raise ConfigError(f"{path}: catalog names are lower-case letters, digits, _ and -")
+        try:
+            raw = path.read_bytes()
+            parsed = _CatalogFile.model_validate(yaml.safe_load(raw))
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        except ValidationError as exc:
+            raise ConfigError(f"{path}: {describe_validation_error(exc)}") from exc
+        tools: dict[str, ToolSpec] = {}
+        for index, model in enumerate(parsed.tools):
+            if model.name in tools:
+                raise ConfigError(f"{path}: tools.{index}.name: {model.name!r} is defined twice")
+            if not egress.permits(model.backend.url):
+                raise ConfigError(f"{path}: tools.{index}.backend.url: {model.backend.url!r} is not on egress.allow")
+            tools[model.name] = _tool_spec(name, model)
+        catalogs[name] = tools
+        digests[name] = hashlib.sha256(raw).hexdigest()
+    if not catalogs:
+        raise ConfigError(f"catalogs_dir: {catalogs_dir} holds no catalog (*.yaml)")
+    return CatalogSet(catalogs=catalogs, version=_digest(digests))

@@ -1,0 +1,262 @@
+"""The ``mcp-gateway`` command: serve, check, and read the evidence.
+
+Every command takes ``--config PATH`` (default ``mcp-gateway.yaml`` or ``$MCP_GATEWAY_CONFIG``). A bad
+configuration exits with status 2 and names the key and why.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import anyio
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mcp_gateway.audit import AuditLog
+from mcp_gateway.catalog import load_catalogs
+from mcp_gateway.config import Settings, load_settings
+from mcp_gateway.errors import ConfigError, GatewayError
+from mcp_gateway.policy import PolicySnapshot, load_policy
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(help="A governed MCP gateway.", no_args_is_help=True, pretty_exceptions_enable=False)
+config_app = typer.Typer(help="Validate configuration.", no_args_is_help=True)
+token_app = typer.Typer(help="Development tokens (never for production).", no_args_is_help=True)
+policy_app = typer.Typer(help="Inspect the Casbin policy.", no_args_is_help=True)
+audit_app = typer.Typer(help="Read the audit trail.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(token_app, name="token")
+app.add_typer(policy_app, name="policy")
+app.add_typer(audit_app, name="audit")
+
+out = Console()
+err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Config file (default: $MCP_GATEWAY_CONFIG or mcp-gateway.yaml)."),
+]
+
+
+class Transport(StrEnum):
+    stdio = "stdio"
+    sse = "sse"
+    streamable_http = "streamable-http"
+
+
+class ExportFormat(StrEnum):
+    jsonl = "jsonl"
+
+
+class MatrixFormat(StrEnum):
+    table = "table"
+    csv = "csv"
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    transport: Annotated[Transport, typer.Option(help="stdio, or HTTP serving both /mcp and /sse.")] = Transport.stdio,
+    host: Annotated[str | None, typer.Option(help="Override http.host.")] = None,
+    port: Annotated[int | None, typer.Option(help="Override http.port.")] = None,
+) -> None:
+    """Serve MCP over stdio, or over HTTP (streamable HTTP at /mcp and SSE at /sse on one app)."""
+    from mcp_gateway import server
+
+    settings = _settings(config)
+    if host is not None or port is not None:
+        http = settings.http.model_copy(update={k: v for k, v in (("host", host), ("port", port)) if v is not None})
+        settings = settings.model_copy(update={"http": http})
+    try:
+        if transport is Transport.stdio:
+            anyio.run(server.serve_stdio, settings)
+        else:
+            err.print(f"mcp-gateway on http://{settings.http.host}:{settings.http.port} (/mcp, /sse)")
+            anyio.run(server.run_http, settings)
+    except ConfigError as exc:
+        _fail(str(exc))
+    except GatewayError as exc:
+        _fail(str(exc), code=1)
+
+
+@config_app.command("check")
+def config_check(config: ConfigOption = None) -> None:
+    """Validate settings, keys, catalogs and policies without starting a server."""
+    from mcp_gateway.server import build_verifier
+
+    settings = _settings(config)
+    try:
+        build_verifier(settings)
+        catalogs = load_catalogs(settings.catalogs_dir, settings.egress)
+        policy = load_policy(settings.policies_dir)
+    except ConfigError as exc:
+        _fail(str(exc))
+    for name, tools in catalogs.names().items():
+        out.print(f"catalog [bold]{name}[/]: {len(tools)} tools")
+    out.print(f"policy: {len(policy.rules)} rules, {len(policy.groupings)} groupings, version {policy.version[:12]}")
+    out.print("[green]configuration OK[/]")
+
+
+@token_app.command("issue")
+def token_issue(
+    subject: Annotated[str, typer.Option("--subject", "-s", help="The `sub` claim.")],
+    catalog: Annotated[str, typer.Option(help="internal or partner.")],
+    role: Annotated[list[str] | None, typer.Option("--role", "-r", help="A role; repeat for more.")] = None,
+    ttl: Annotated[int, typer.Option(help="Lifetime in seconds.")] = 300,
+    amr: Annotated[list[str] | None, typer.Option(help="Authentication method; repeat for more.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Mint a short-lived token with the local development key (created on first use). Development only."""
+    from mcp_gateway.devkeys import ensure_dev_key
+
+    settings = _settings(config)
+    key = ensure_dev_key(settings.state_dir)
+    token = key.mint(
+        subject,
+        roles=tuple(role or ()),
+        catalog=catalog,
+        issuer=settings.identity.issuer,
+        audience=settings.identity.audience,
+        ttl=ttl,
+        amr=tuple(amr or ()),
+    )
+    err.print("[yellow]development token: signed by a local key, never use in production[/]")
+    print(token)
+
+
+def _policy(config: Path | None) -> tuple[Settings, PolicySnapshot]:
+    settings = _settings(config)
+    try:
+        return settings, load_policy(settings.policies_dir)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+@policy_app.command("explain")
+def policy_explain(
+    subject: Annotated[str, typer.Option("--subject", "-s")],
+    catalog: Annotated[str, typer.Option()],
+    tool: Annotated[str, typer.Option()],
+    role: Annotated[list[str] | None, typer.Option("--role", "-r")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Why a caller may or may not call a tool: its effective subjects and every matching rule."""
+    _, policy = _policy(config)
+    explanation = policy.explain(subject, tuple(role or ()), catalog, tool)
+    out.print(f"subjects: {', '.join(explanation.subjects)}")
+    table = Table("effect", "rule")
+    for rule in explanation.matched:
+        table.add_row(rule.effect, str(rule))
+    out.print(table)
+    verdict = "[green]ALLOW[/]" if explanation.decision.allowed else "[red]DENY[/]"
+    out.print(f"{verdict} by {explanation.decision.rule}")
+    raise typer.Exit(0 if explanation.decision.allowed else 1)
+
+
+# A subject no token can carry (token subjects have no control characters), so a role's row shows only what
+# the role grants.
+_ROLE_ONLY_SUBJECT = "\x00"
+
+
+@policy_app.command("matrix")
+def policy_matrix(
+    catalog: Annotated[str | None, typer.Option(help="Only this catalog.")] = None,
+    output: Annotated[MatrixFormat, typer.Option("--format")] = MatrixFormat.table,
+    config: ConfigOption = None,
+) -> None:
+    """Who can call what: every role and user named in the policy against every tool in the catalogs."""
+    settings, policy = _policy(config)
+    try:
+        catalogs = load_catalogs(settings.catalogs_dir, settings.egress)
+    except ConfigError as exc:
+        _fail(str(exc))
+    subjects = sorted({rule.subject for rule in policy.rules} | {s for pair in policy.groupings for s in pair})
+    rows: list[tuple[str, str, str, str]] = []
+    for name, tools in sorted(catalogs.names().items()):
+        if catalog is not None and name != catalog:
+            continue
+        for subject in subjects:
+            kind, _, value = subject.partition(":")
+            user, roles = (value, ()) if kind == "user" else (_ROLE_ONLY_SUBJECT, (value,))
+            for tool in tools:
+                decision = policy.decide(user, roles, name, tool)
+                rows.append((name, subject, tool, "allow" if decision.allowed else "deny"))
+    if output is MatrixFormat.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(("catalog", "subject", "tool", "decision"))
+        writer.writerows(rows)
+        return
+    table = Table("catalog", "subject", "tool", "decision")
+    for row in rows:
+        table.add_row(*row[:3], "[green]allow[/]" if row[3] == "allow" else "[dim]deny[/]")
+    out.print(table)
+
+
+def _audit_log(config: Path | None) -> AuditLog:
+    settings = _settings(config)
+    try:
+        return AuditLog(settings.database_url)
+    except GatewayError as exc:
+        _fail(str(exc), code=1)
+
+
+@audit_app.command("tail")
+def audit_tail(
+    count: Annotated[int, typer.Option("-n", "--count", min=1, max=10_000)] = 20,
+    config: ConfigOption = None,
+) -> None:
+    """The most recent audit rows."""
+    log = _audit_log(config)
+    table = Table("id", "time", "event", "subject", "catalog", "tool", "decision", "rule", "outcome", "ms")
+    for row in log.tail(count):
+        table.add_row(
+            str(row["id"]),
+            row["ts"][11:23],
+            row["event"],
+            row["subject"] or "",
+            row["catalog"] or "",
+            row["tool"] or "",
+            row["decision"],
+            row["rule"] or "",
+            row["outcome"],
+            f"{row['latency_ms']:.2f}" if row["latency_ms"] is not None else "",
+        )
+    out.print(table)
+    log.close()
+
+
+@audit_app.command("export")
+def audit_export(
+    output: Annotated[ExportFormat, typer.Option("--format")] = ExportFormat.jsonl,
+    since: Annotated[str | None, typer.Option(help="ISO 8601 time; rows at or after it.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Every audit row as JSON lines, streamed, for a SIEM."""
+    log = _audit_log(config)
+    write = sys.stdout.write
+    for row in log.iter_rows(since):
+        write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
+    log.close()
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,201 @@
+"""Settings: one YAML file plus ``MCP_GATEWAY_*`` environment overrides.
+
+Environment variables win over the file (``MCP_GATEWAY_IDENTITY__ISSUER`` overrides ``identity.issuer``).
+Relative paths in the file are resolved against the file's own folder, so a config works from any
+working directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from mcp_gateway.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "EgressSettings",
+    "HttpSettings",
+    "IdentitySettings",
+    "Settings",
+    "load_settings",
+]
+
+DEFAULT_CONFIG = "mcp-gateway.yaml"
+
+# Asymmetric algorithms only. HS* would let anyone holding the verification key mint tokens, and a
+# symmetric key configured next to a public JWKS invites algorithm confusion (RFC 8725 §2.1, §3.1).
+ALLOWED_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"})
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IdentitySettings(_Section):
+    issuer: str = Field(min_length=1, description="Exact `iss` every token must carry.")
+    audience: str = Field(min_length=1, description="This gateway's resource URI; exact `aud` every token must carry.")
+    jwks_file: Path | None = None
+    jwks_url: str | None = Field(default=None, description="Must be on `egress.allow`.")
+    algorithms: tuple[str, ...] = Field(
+        default=("RS256", "ES256", "EdDSA"),
+        description="Security: only asymmetric algorithms are accepted; `none` and HS* are refused.",
+    )
+    max_token_lifetime: int = Field(default=3600, gt=0, le=86_400, description="Seconds between `iat`/`nbf` and `exp`.")
+    leeway: int = Field(default=30, ge=0, le=60, description="Clock skew tolerated on `exp`/`nbf`/`iat`, seconds.")
+    max_token_bytes: int = Field(default=8192, ge=512, le=65_536)
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one algorithm is required")
+        refused = [alg for alg in value if alg not in ALLOWED_ALGORITHMS]
+        if refused:
+            raise ValueError(f"not allowed: {refused}; choose from {sorted(ALLOWED_ALGORITHMS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> IdentitySettings:
+        if (self.jwks_file is None) == (self.jwks_url is None):
+            raise ValueError("set exactly one of identity.jwks_file and identity.jwks_url")
+        return self
+
+
+class EgressSettings(_Section):
+    allow: tuple[str, ...] = Field(
+        default=(),
+        description="Origins (scheme://host:port) the gateway may connect to. Everything else is refused.",
+    )
+
+    @field_validator("allow")
+    @classmethod
+    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            parts = urlsplit(entry)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+                raise ValueError(f"{entry!r} is not an origin like http://127.0.0.1:8081")
+        return tuple(origin_of(entry) for entry in value)
+
+    def permits(self, url: str) -> bool:
+        """True when ``url``'s origin (scheme, host, port) is on the allowlist."""
+        try:
+            return origin_of(url) in self.allow
+        except ValueError:
+            return False
+
+
+class HttpSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65_535)
+    public_url: str | None = Field(
+        default=None, description="Externally visible base URL; defaults to http://host:port. Used in 401 metadata."
+    )
+    allowed_origins: tuple[str, ...] = Field(
+        default=(), description="Browser origins allowed to call; requests with any other Origin get 403."
+    )
+    authorization_servers: tuple[str, ...] = Field(
+        default=(), description="Advertised in RFC 9728 metadata; defaults to identity.issuer."
+    )
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MCP_GATEWAY_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    identity: IdentitySettings
+    egress: EgressSettings = EgressSettings()
+    http: HttpSettings = HttpSettings()
+    state_dir: Path = Field(default=Path(".mcp-gateway"), description="Runtime state: dev keys, SQLite trail.")
+    catalogs_dir: Path = Path("catalogs")
+    policies_dir: Path = Path("policies")
+    database_url: str = "sqlite:///.mcp-gateway/audit.db"
+    policy_reload_interval: float = Field(default=2.0, gt=0, description="Seconds between policy/catalog checks.")
+    max_argument_bytes: int = Field(default=65_536, ge=256, le=16 * 1024 * 1024)
+    max_argument_depth: int = Field(default=32, ge=2, le=256)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values arrive as init kwargs; the environment overrides them.
+        return env_settings, init_settings
+
+    @model_validator(mode="after")
+    def _egress(self) -> Settings:
+        if self.identity.jwks_url is not None and not self.egress.permits(self.identity.jwks_url):
+            raise ValueError(f"identity.jwks_url {self.identity.jwks_url!r} is not on egress.allow")
+        return self
+
+
+def origin_of(url: str) -> str:
+    """Normalise a URL to its origin, ``scheme://host:port`` with the default port made explicit."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host.lower()}:{port}"
+
+
+def _resolve(base: Path, value: Any) -> Any:
+    if isinstance(value, str) and value and not os.path.isabs(value):
+        return str(base / value)
+    return value
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Load settings from ``path`` (default: ``$MCP_GATEWAY_CONFIG`` or ``mcp-gateway.yaml``).
+
+    Raises:
+        ConfigError: the file is missing or unreadable, or a key is invalid; the message names the key.
+    """
+    config_path = Path(path or os.environ.get("MCP_GATEWAY_CONFIG") or DEFAULT_CONFIG)
+    try:
+        data = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"{config_path}: cannot read: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{config_path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{config_path}: the top level must be a mapping")
+    base = config_path.resolve().parent
+    for key, default in (("catalogs_dir", "catalogs"), ("policies_dir", "policies"), ("state_dir", ".mcp-gateway")):
+        data[key] = _resolve(base, data.get(key, default))
+    identity = data.get("identity")
+    if isinstance(identity, dict) and "jwks_file" in identity:
+        identity["jwks_file"] = _resolve(base, identity["jwks_file"])
+    url = data.get("database_url")
+    if isinstance(url, str) and url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        data["database_url"] = "sqlite:///" + str(base / url.removeprefix("sqlite:///"))
+    elif url is None:
+        data["database_url"] = "sqlite:///" + str(Path(data["state_dir"]) / "audit.db")
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"{config_path}: {describe_validation_error(exc)}") from exc
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem, each naming the dotted key and why."""
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        lines.append(f"{key}: {error['msg']}")
+    return "; ".join(lines)

@@ -1,0 +1,121 @@
+"""The gateway's one error tree, and its mapping to MCP.
+
+Every refusal the gateway makes is one of these. Each class carries its wire mapping as class data:
+a stable machine-readable ``code``, the ``public_message`` the caller sees, and how it travels.
+
+* GatewayError
+  * ConfigError              start-up and CLI; exit status 2
+  * RequestError             -> JSON-RPC error response (``MCPError``)
+    x UnauthenticatedError   no valid token (stdio; HTTP refuses with 401 before MCP)
+    x UnknownToolError       INVALID_PARAMS; also for tools the caller may not call
+  * CallError                -> ``CallToolResult(is_error=True)`` with structured content
+    x InvalidArgumentsError  arguments too large, too deep or not matching the tool's schema
+    x UpstreamError          the in-boundary backend failed, timed out or answered too much
+    x UnavailableError       the gateway cannot establish policy or audit: fail closed
+
+The caller sees only ``public_message``, the ``code`` and the request id. The detailed ``str(exc)`` goes
+to the audit trail and the span, never to the caller.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import mcp_types as types
+from mcp.shared.exceptions import MCPError
+
+__all__ = [
+    "CallError",
+    "ConfigError",
+    "GatewayError",
+    "InvalidArgumentsError",
+    "RequestError",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "UnknownToolError",
+    "UpstreamError",
+    "to_call_result",
+    "to_mcp_error",
+]
+
+# JSON-RPC reserves -32000..-32099 for implementation-defined server errors.
+UNAUTHENTICATED = -32001
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+    code: ClassVar[str] = "gateway_error"
+    public_message: ClassVar[str] = "Request failed"
+    # How the error travels when it must be a JSON-RPC error (always for RequestError; for a CallError only
+    # where the method has no tool result to carry it, such as tools/list).
+    jsonrpc_code: ClassVar[int] = types.INTERNAL_ERROR
+
+
+class ConfigError(GatewayError):
+    """The configuration, a catalog or a policy is invalid; names the key and why."""
+
+    code: ClassVar[str] = "config_error"
+    public_message: ClassVar[str] = "Invalid configuration"
+
+
+class RequestError(GatewayError):
+    """Refused as a JSON-RPC error: the request itself is not acceptable."""
+
+
+class UnauthenticatedError(RequestError):
+    code: ClassVar[str] = "unauthenticated"
+    public_message: ClassVar[str] = "Authentication required: no valid token"
+    jsonrpc_code: ClassVar[int] = UNAUTHENTICATED
+
+
+class UnknownToolError(RequestError):
+    """Raised for unknown tools and, identically, for tools the caller may not call."""
+
+    code: ClassVar[str] = "unknown_tool"
+    public_message: ClassVar[str] = "Unknown tool"
+    jsonrpc_code: ClassVar[int] = types.INVALID_PARAMS
+
+
+class CallError(GatewayError):
+    """Refused or failed as a tool-level error result (``isError``)."""
+
+
+class InvalidArgumentsError(CallError):
+    code: ClassVar[str] = "invalid_arguments"
+    public_message: ClassVar[str] = "Arguments rejected"
+
+    def __init__(self, detail: str, *, public_detail: str | None = None) -> None:
+        super().__init__(detail)
+        # Schema errors name the argument path, which the caller may see: the schema is the caller's own view.
+        self.public_detail = public_detail
+
+
+class UpstreamError(CallError):
+    code: ClassVar[str] = "upstream_failed"
+    public_message: ClassVar[str] = "The tool's backend failed"
+
+
+class UnavailableError(CallError):
+    code: ClassVar[str] = "unavailable"
+    public_message: ClassVar[str] = "The gateway cannot process calls right now"
+
+
+def _public_text(exc: GatewayError) -> str:
+    detail = getattr(exc, "public_detail", None)
+    return f"{exc.public_message}: {detail}" if detail else exc.public_message
+
+
+def to_mcp_error(exc: GatewayError, request_id: str) -> MCPError:
+    """Map a refusal to the JSON-RPC error the caller receives."""
+    return MCPError(exc.jsonrpc_code, _public_text(exc), {"code": exc.code, "request_id": request_id})
+
+
+def to_call_result(exc: CallError, request_id: str) -> types.CallToolResult:
+    """Map a call-level failure to an ``isError`` tool result with a stable, machine-readable body."""
+    body: dict[str, Any] = {"code": exc.code, "message": _public_text(exc), "request_id": request_id}
+    return types.CallToolResult(
+        content=[types.TextContent(text=f"{body['message']} [{exc.code}; request {request_id}]")],
+        structured_content={"error": body},
+        is_error=True,
+    )

@@ -1,0 +1,142 @@
+"""Backends: turn an authorised tool call into a request to an in-boundary API.
+
+Only server-side credentials travel upstream. Nothing of the caller's token is forwarded (no token
+passthrough), headers are never filled from arguments, and path arguments are percent-encoded as one
+segment each, so arguments cannot rewrite the request's target.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import quote
+
+import anyio
+import httpx
+import mcp_types as types
+
+from mcp_gateway.catalog import HttpBackend, ToolSpec
+from mcp_gateway.config import EgressSettings
+from mcp_gateway.egress import EgressDeniedError, guarded_async_client
+from mcp_gateway.errors import InvalidArgumentsError, UnavailableError, UpstreamError
+
+__all__ = ["REQUEST_ID_HEADER", "HttpUpstream"]
+
+REQUEST_ID_HEADER = "X-Request-Id"
+_SCALARS = (str, int, float, bool)
+
+
+def _segment(name: str, value: Any) -> str:
+    if not isinstance(value, _SCALARS):
+        raise InvalidArgumentsError(f"path argument {name!r} is not a scalar", public_detail=f"{name}: not a scalar")
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    if text in ("", ".", ".."):
+        raise InvalidArgumentsError(f"path argument {name!r} is {text!r}", public_detail=f"{name}: not a path segment")
+    return quote(text, safe="")
+
+
+def _query_value(name: str, value: Any) -> str | list[str]:
+    if isinstance(value, list) and all(isinstance(item, _SCALARS) for item in value):
+        return [str(item) for item in value]
+    if isinstance(value, _SCALARS):
+        return str(value).lower() if isinstance(value, bool) else str(value)
+    raise InvalidArgumentsError(f"query argument {name!r} is not a scalar", public_detail=f"{name}: not a scalar")
+
+
+def _credential(backend: HttpBackend) -> str | None:
+    if backend.credential_env:
+        secret = os.environ.get(backend.credential_env)
+        if not secret:
+            raise UnavailableError(f"credential_env {backend.credential_env} is not set")
+        return secret
+    if backend.credential_file:
+        try:
+            return backend.credential_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise UnavailableError(f"credential_file {backend.credential_file} unreadable: {exc.strerror}") from exc
+    return None
+
+
+@contextmanager
+def map_upstream_errors(tool: str) -> Iterator[None]:
+    """Translate transport failures into ``UpstreamError`` at this one edge."""
+    try:
+        yield
+    except EgressDeniedError as exc:
+        raise UpstreamError(f"{tool}: {exc}") from exc
+    except (httpx.TimeoutException, TimeoutError) as exc:
+        raise UpstreamError(f"{tool}: upstream timed out ({type(exc).__name__})") from exc
+    except httpx.HTTPError as exc:
+        raise UpstreamError(f"{tool}: {type(exc).__name__}: {exc}") from exc
+
+
+class HttpUpstream:
+    """Calls REST backends through one guarded, reused HTTP client."""
+
+    def __init__(self, egress: EgressSettings) -> None:
+        self._client = guarded_async_client(egress)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def build_request(self, tool: ToolSpec, arguments: Mapping[str, Any], request_id: str) -> httpx.Request:
+        backend = tool.backend
+        url = backend.url
+        for name in backend.path_arguments:
+            url = url.replace("{" + name + "}", _segment(name, arguments[name]))
+        params = {key: _query_value(arg, arguments[arg]) for key, arg in backend.query.items() if arg in arguments}
+        headers = dict(backend.headers)
+        headers[REQUEST_ID_HEADER] = request_id
+        secret = _credential(backend)
+        if secret is not None:
+            headers[backend.credential_header] = f"{backend.credential_scheme} {secret}".strip()
+        body = {key: arguments[arg] for key, arg in backend.body.items() if arg in arguments}
+        content = json.dumps(body).encode() if backend.body else None
+        if content is not None:
+            headers["Content-Type"] = "application/json"
+        return self._client.build_request(backend.method, url, params=params, headers=headers, content=content)
+
+    async def call(self, tool: ToolSpec, arguments: Mapping[str, Any], request_id: str) -> types.CallToolResult:
+        """Make the tool's request and turn the answer into a tool result.
+
+        Raises:
+            InvalidArgumentsError: an argument cannot be placed in the request.
+            UnavailableError: the backend's credential is not configured.
+            UpstreamError: the backend failed, timed out (total deadline), answered an error status, or sent
+                more than ``max_response_bytes``.
+        """
+        backend = tool.backend
+        request = self.build_request(tool, arguments, request_id)
+        body = bytearray()
+        with map_upstream_errors(tool.name):
+            # A total deadline: httpx's timeouts are per operation, so a server dripping bytes could hold the call.
+            with anyio.fail_after(backend.timeout):
+                response = await self._client.send(request, stream=True)
+                try:
+                    async for chunk in response.aiter_bytes():
+                        body += chunk
+                        if len(body) > backend.max_response_bytes:
+                            raise UpstreamError(f"{tool.name}: response exceeds {backend.max_response_bytes} bytes")
+                finally:
+                    await response.aclose()
+        if response.status_code >= 400:
+            raise UpstreamError(f"{tool.name}: upstream answered HTTP {response.status_code}")
+        return _result(tool.name, response, bytes(body))
+
+
+def _result(tool: str, response: httpx.Response, body: bytes) -> types.CallToolResult:
+    try:
+        text = body.decode(response.encoding or "utf-8")
+    except (UnicodeDecodeError, LookupError) as exc:
+        raise UpstreamError(f"{tool}: response is not text: {exc}") from exc
+    structured: dict[str, Any] | None = None
+    if response.headers.get("content-type", "").split(";")[0].strip().endswith("json"):
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UpstreamError(f"{tool}: upstream sent invalid JSON: {exc.msg}") from exc
+        structured = parsed if isinstance(parsed, dict) else {"result": parsed}
+    return types.CallToolResult(content=[types.TextContent(text=text)], structured_content=structured)

@@ -1,0 +1,175 @@
+"""Shared fixtures: a real example API, a real gateway process, and tokens from a real (dev) key.
+
+Everything binds 127.0.0.1 on free ports and is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from mcp_gateway.devkeys import DevKey, ensure_dev_key
+
+ROOT = Path(__file__).resolve().parent.parent
+ISSUER = "https://idp.test.internal"
+API_KEY = "server-side-" + secrets.token_hex(8)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, process: subprocess.Popen[bytes] | None = None, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before {url} was ready")
+        try:
+            if httpx.get(url, timeout=1, trust_env=False).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} not ready after {timeout}s")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@dataclass(frozen=True)
+class ExampleApi:
+    url: str
+
+    def seen(self) -> list[dict[str, Any]]:
+        return list(httpx.get(f"{self.url}/_seen", trust_env=False).json())
+
+
+@pytest.fixture(scope="session")
+def example_api() -> Iterator[ExampleApi]:
+    port = free_port()
+    env = {**os.environ, "INVENTORY_API_KEY": API_KEY}
+    process = subprocess.Popen([sys.executable, str(ROOT / "examples" / "inventory_api.py"), "--port", str(port)], env=env)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", process)
+        yield ExampleApi(f"http://127.0.0.1:{port}")
+    finally:
+        stop(process)
+
+
+@pytest.fixture(scope="session")
+def dev_key(tmp_path_factory: pytest.TempPathFactory) -> DevKey:
+    return ensure_dev_key(tmp_path_factory.mktemp("keys"))
+
+
+@dataclass
+class Deployment:
+    """A config folder (copies of the shipped catalogs and policies pointed at the test API)."""
+
+    root: Path
+    config: Path
+    audience: str
+    key: DevKey
+    port: int
+
+    @property
+    def policies(self) -> Path:
+        return self.root / "policies"
+
+    @property
+    def database(self) -> Path:
+        return self.root / "state" / "audit.db"
+
+    def mint(self, subject: str, roles: tuple[str, ...], catalog: str, **overrides: Any) -> str:
+        values: dict[str, Any] = {"issuer": ISSUER, "audience": self.audience, "ttl": 300}
+        values.update(overrides)
+        return self.key.mint(subject, roles=roles, catalog=catalog, **values)
+
+    @staticmethod
+    def key_expiry(token: str) -> float:
+        """The token's `exp`, read without verification (tests only)."""
+        import base64
+        import json
+
+        payload = token.split(".")[1]
+        return float(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["exp"])
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "INVENTORY_API_KEY": API_KEY, "MCP_GATEWAY_CONFIG": str(self.config)}
+
+
+def make_deployment(root: Path, api: ExampleApi, key: DevKey, **settings: Any) -> Deployment:
+    port = free_port()
+    audience = f"http://127.0.0.1:{port}/mcp"
+    shutil.copytree(ROOT / "policies", root / "policies")
+    (root / "catalogs").mkdir()
+    for catalog in (ROOT / "catalogs").glob("*.yaml"):
+        text = catalog.read_text().replace("http://127.0.0.1:8081", api.url)
+        (root / "catalogs" / catalog.name).write_text(text)
+    jwks = root / "jwks.json"
+    jwks.write_text(__import__("json").dumps(key.jwks()))
+    config: dict[str, Any] = {
+        "identity": {"issuer": ISSUER, "audience": audience, "jwks_file": str(jwks), "algorithms": ["EdDSA"]},
+        "http": {"host": "127.0.0.1", "port": port},
+        "egress": {"allow": [api.url]},
+        "state_dir": "state",
+        "policy_reload_interval": 0.2,
+    }
+    for name, value in settings.items():
+        if isinstance(value, dict):
+            config.setdefault(name, {}).update(value)
+        else:
+            config[name] = value
+    path = root / "mcp-gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return Deployment(root, path, audience, key, port)
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, example_api: ExampleApi, dev_key: DevKey) -> Deployment:
+    return make_deployment(tmp_path, example_api, dev_key)
+
+
+@dataclass
+class HttpGateway:
+    deployment: Deployment
+    url: str
+    process: subprocess.Popen[bytes]
+
+
+@pytest.fixture
+def http_gateway(deployment: Deployment) -> Iterator[HttpGateway]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mcp_gateway", "serve", "--transport", "streamable-http"],
+        env=deployment.env(),
+        cwd=deployment.root,
+    )
+    url = f"http://127.0.0.1:{deployment.port}"
+    try:
+        wait_http(f"{url}/healthz", process)
+        yield HttpGateway(deployment, url, process)
+    finally:
+        stop(process)
+
+
+Minter = Callable[..., str]
