@@ -45,7 +45,9 @@ async def run_agent(url: str, token: str, calls: list[tuple[str, dict[str, Any]]
             try:
                 result = await client.call_tool(name, arguments)
             except MCPError as exc:
-                report.calls.append(CallOutcome(name, False, exc.message, {"jsonrpc_code": exc.code, **(exc.data or {})}))
+                report.calls.append(
+                    CallOutcome(name, False, exc.message, {"jsonrpc_code": exc.code, **(exc.data or {})})
+                )
                 continue
             text = "".join(getattr(block, "text", "") for block in result.content)
             error = (result.structured_content or {}).get("error") if result.is_error else None

@@ -25,11 +25,11 @@ from rich.panel import Panel
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from agent import AgentReport, run_agent  # noqa: E402
+from agent import AgentReport, run_agent
 
-from mcp_gateway.audit import AuditLog  # noqa: E402
-from mcp_gateway.config import load_settings  # noqa: E402
-from mcp_gateway.devkeys import ensure_dev_key  # noqa: E402
+from mcp_gateway.audit import AuditLog
+from mcp_gateway.config import load_settings
+from mcp_gateway.devkeys import ensure_dev_key
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "mcp-gateway.yaml"
@@ -141,7 +141,9 @@ def _print_audit(database_url: str, since: float) -> None:
         )
     log.close()
     console.print(table)
-    console.print("[dim]each row is hash-chained to the one before; `mcp-gateway audit export` streams them as JSONL[/]")
+    console.print(
+        "[dim]each row is hash-chained to the one before; `mcp-gateway audit export` streams them as JSONL[/]"
+    )
 
 
 if __name__ == "__main__":

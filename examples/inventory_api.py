@@ -40,8 +40,14 @@ def _authorised(request: Request) -> bool:
 
 
 def _record(request: Request) -> None:
-    seen.append({"method": request.method, "path": request.url.path, "query": str(request.url.query),
-                 "headers": dict(request.headers)})
+    seen.append(
+        {
+            "method": request.method,
+            "path": request.url.path,
+            "query": str(request.url.query),
+            "headers": dict(request.headers),
+        }
+    )
     del seen[:-200]
 
 
@@ -70,8 +76,9 @@ async def tickets(request: Request) -> Response:
     if (refused := await _guarded(request)) is not None:
         return refused
     body = await request.json()
-    return JSONResponse({"ticket": "t-1", "customer": body.get("customer_id"), "summary": body.get("summary")},
-                        status_code=201)
+    return JSONResponse(
+        {"ticket": "t-1", "customer": body.get("customer_id"), "summary": body.get("summary")}, status_code=201
+    )
 
 
 async def order_status(request: Request) -> Response:

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, insert, select
-from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import PoolProxiedConnection
 from sqlmodel import Field, SQLModel
 
 from mcp_gateway.errors import UnavailableError
@@ -129,6 +129,8 @@ class AuditLog:
         self._engine = _create_engine(database_url)
         self._postgres = self._engine.dialect.name == "postgresql"
         dialect = self._engine.dialect
+        # The hot path uses the driver directly, so its exceptions arrive untranslated.
+        self._driver_error: type[Exception] = dialect.loaded_dbapi.Error
         columns = [name for name in _TABLE.columns.keys() if name != "id"]
         compiled = insert(_TABLE).compile(dialect=dialect, column_keys=columns)
         self._insert_sql = compiled.string
@@ -168,7 +170,7 @@ class AuditLog:
         try:
             with self._lock:
                 return self._append(row)
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, self._driver_error) as exc:
             self._reset_writer()
             raise UnavailableError(f"audit write failed: {type(exc).__name__}: {exc}") from exc
 

@@ -51,7 +51,9 @@ class HttpBackend(_FileModel):
 
     type: Literal["http"]
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "GET"
-    url: str = Field(description="Path placeholders {arg} are filled with the argument, percent-encoded as one segment.")
+    url: str = Field(
+        description="Path placeholders {arg} are filled with the argument, percent-encoded as one segment."
+    )
     query: dict[str, str] = Field(default_factory=dict, description="query parameter -> argument name")
     body: dict[str, str] = Field(default_factory=dict, description="JSON body field -> argument name")
     headers: dict[str, str] = Field(default_factory=dict, description="Static headers; never filled from arguments.")

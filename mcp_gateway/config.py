@@ -110,9 +110,7 @@ class HttpSettings(_Section):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="MCP_GATEWAY_", env_nested_delimiter="__", extra="forbid", frozen=True
-    )
+    model_config = SettingsConfigDict(env_prefix="MCP_GATEWAY_", env_nested_delimiter="__", extra="forbid", frozen=True)
 
     identity: IdentitySettings
     egress: EgressSettings = EgressSettings()

@@ -200,9 +200,7 @@ class Gateway:
         self._audit(_with(base, event="tools/call.result", outcome="ok", latency_ms=_ms(started)))
         return result
 
-    def _refuse(
-        self, entry: AuditEntry, exc: GatewayError, started: float, request_id: str
-    ) -> types.CallToolResult:
+    def _refuse(self, entry: AuditEntry, exc: GatewayError, started: float, request_id: str) -> types.CallToolResult:
         outcome = _with(
             entry,
             event="tools/call.result" if entry.decision == "allow" and entry.args_digest else "tools/call",
@@ -235,7 +233,9 @@ class Gateway:
         error = next(iter(tool.validator.iter_errors(arguments)), None)
         if error is not None:
             where = "/".join(str(part) for part in error.absolute_path) or "(root)"
-            raise InvalidArgumentsError(f"schema: {where}: {error.message}", public_detail=f"{where}: {error.validator}")
+            raise InvalidArgumentsError(
+                f"schema: {where}: {error.message}", public_detail=f"{where}: {error.validator}"
+            )
         return canonical
 
     def reload(self, actor: str = "gateway") -> ReloadReport:

@@ -329,15 +329,25 @@ def _squash(value: str) -> str:
     return re.sub(r"\s*([^\w\s])\s*", r"\1", " ".join(value.split()))
 
 
+def _silence_casbin_logging() -> None:
+    # Enforcer(enable_log=False) disables these loggers, but only after logging the model at INFO; while
+    # enabled, Casbin logs every denied request as a WARNING.
+    for name in ("casbin", "casbin.policy", "casbin.enforcer", "casbin.role"):
+        logging.getLogger(name).disabled = True
+
+
 def _model_shape(text: str) -> dict[str, str]:
+    _silence_casbin_logging()
     model = casbin.Model()
     try:
         model.load_model_from_text(text)
+        casbin.Enforcer(model)  # also checks what only the enforcer does, such as the effect expression
     except RuntimeError as exc:
         raise ConfigError(f"{MODEL_FILE}: Casbin cannot load it: {exc}") from exc
-    return {
-        f"[{_SECTIONS.get(sec, sec)}] {key}": _squash(a.value) for sec, keys in model.items() for key, a in keys.items()
-    }
+    return {f"[{_SECTIONS.get(s, s)}] {key}": _squash(a.value) for s, keys in model.items() for key, a in keys.items()}
+
+
+_expected_shape = functools.cache(lambda: _model_shape(EXPECTED_MODEL))
 
 
 def _check_model(data: bytes) -> None:
@@ -345,7 +355,7 @@ def _check_model(data: bytes) -> None:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{MODEL_FILE}: not valid UTF-8") from exc
-    found, expected = _model_shape(text), _model_shape(EXPECTED_MODEL)
+    found, expected = _model_shape(text), _expected_shape()
     differing = sorted(key for key in found.keys() | expected.keys() if found.get(key) != expected.get(key))
     if differing:
         raise ConfigError(
@@ -509,10 +519,7 @@ def casbin_enforcer(policies_dir: Path, extra_groupings: Iterable[tuple[str, str
         ConfigError: the files are invalid; Casbin never reads a policy the gateway would refuse.
     """
     load_policy(policies_dir)
-    # Enforcer(enable_log=False) disables Casbin's loggers only after logging the model and policy at INFO,
-    # and it logs every denied request as a WARNING while enabled.
-    for name in ("casbin", "casbin.policy", "casbin.enforcer", "casbin.role"):
-        logging.getLogger(name).disabled = True
+    _silence_casbin_logging()
     enforcer = casbin.Enforcer(str(policies_dir / MODEL_FILE), _FilesAdapter(_csv_paths(policies_dir)))
     enforcer.add_function(MATCHER, _reference_tool_match)
     for member, role in extra_groupings:

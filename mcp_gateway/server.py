@@ -52,8 +52,8 @@ __all__ = ["TOKEN_ENV", "TOKEN_FILE_ENV", "build_app", "build_gateway", "build_s
 
 logger = logging.getLogger(__name__)
 
-TOKEN_ENV = "MCP_GATEWAY_TOKEN"
-TOKEN_FILE_ENV = "MCP_GATEWAY_TOKEN_FILE"
+TOKEN_ENV = "MCP_GATEWAY_TOKEN"  # noqa: S105 - a variable name, not a secret
+TOKEN_FILE_ENV = "MCP_GATEWAY_TOKEN_FILE"  # noqa: S105 - a variable name, not a secret
 
 PrincipalSource = Callable[[], Principal]
 

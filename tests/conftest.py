@@ -69,7 +69,9 @@ class ExampleApi:
 def example_api() -> Iterator[ExampleApi]:
     port = free_port()
     env = {**os.environ, "INVENTORY_API_KEY": API_KEY}
-    process = subprocess.Popen([sys.executable, str(ROOT / "examples" / "inventory_api.py"), "--port", str(port)], env=env)
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "examples" / "inventory_api.py"), "--port", str(port)], env=env
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/health", process)
         yield ExampleApi(f"http://127.0.0.1:{port}")

@@ -51,7 +51,9 @@ async def connect(transport: str, mode: str, deployment: Deployment, token: str)
     else:
         async with (
             create_mcp_http_client(headers={"Authorization": f"Bearer {token}"}) as http,
-            Client(streamable_http_client(f"{base}/mcp", http_client=http), mode=mode, read_timeout_seconds=20) as client,
+            Client(
+                streamable_http_client(f"{base}/mcp", http_client=http), mode=mode, read_timeout_seconds=20
+            ) as client,
         ):
             yield client
 

@@ -1,0 +1,191 @@
+"""The transport-free core, driven directly: argument limits, reloads, and failing closed on audit."""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp.shared.exceptions import MCPError
+
+from mcp_gateway.config import load_settings
+from mcp_gateway.gateway import Gateway
+from mcp_gateway.identity import Principal
+from mcp_gateway.server import build_gateway
+from tests.conftest import Deployment, ExampleApi
+
+ALICE = Principal("alice", ("support",), "internal", (), None, "test", 2**40)
+HR = Principal("hana", ("hr",), "internal", (), None, "test", 2**40)
+
+
+@pytest.fixture
+async def gateway(deployment: Deployment) -> AsyncIterator[Gateway]:
+    gateway = build_gateway(load_settings(deployment.config))
+    yield gateway
+    await gateway.upstream.aclose()
+    gateway.audit.close()
+
+
+def nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def rows(gateway: Gateway) -> list[dict[str, Any]]:
+    return list(gateway.audit.iter_rows())
+
+
+def error_code(result: Any) -> str:
+    assert result.is_error
+    return str(result.structured_content["error"]["code"])
+
+
+@pytest.mark.parametrize(
+    ("arguments", "why"),
+    [
+        pytest.param({"query": "a" * 70_000}, "size", id="oversized"),
+        pytest.param({"query": "ada", "extra": {"x": 1}}, "schema", id="unexpected-property"),
+        pytest.param({"query": 5}, "schema", id="wrong-type"),
+        pytest.param({}, "schema", id="missing-required"),
+        pytest.param({"query": "ada", "deep": nested(40)}, "depth", id="too-deep"),
+    ],
+)
+async def test_bad_arguments_are_refused_before_the_backend(
+    gateway: Gateway, example_api: ExampleApi, arguments: dict[str, Any], why: str
+) -> None:
+    before = len(example_api.seen())
+    result = await gateway.call_tool(ALICE, "crm.search", arguments, "req-1")
+    assert error_code(result) == "invalid_arguments"
+    assert len(example_api.seen()) == before
+    last = rows(gateway)[-1]
+    assert (last["event"], last["decision"], last["outcome"], last["tool"]) == (
+        "tools/call",
+        "allow",
+        "invalid_arguments",
+        "crm.search",
+    )
+
+
+async def test_schema_errors_name_the_argument_not_its_value(gateway: Gateway) -> None:
+    result = await gateway.call_tool(ALICE, "crm.customer_lookup", {"customer_id": "secret-value"}, "req-2")
+    text = result.structured_content["error"]["message"]
+    assert "customer_id" in text
+    assert "secret-value" not in text
+
+
+async def test_denied_and_unknown_calls_leave_the_same_trace_for_the_caller(gateway: Gateway) -> None:
+    with pytest.raises(MCPError) as denied:
+        await gateway.call_tool(ALICE, "hr.salary_lookup", {"employee_id": "e-7"}, "r1")
+    with pytest.raises(MCPError) as unknown:
+        await gateway.call_tool(ALICE, "hr.nothing", {"employee_id": "e-7"}, "r2")
+    assert (denied.value.code, denied.value.message) == (unknown.value.code, unknown.value.message)
+    deny_row, unknown_row = rows(gateway)[-2:]
+    assert deny_row["rule"] == "default-deny"
+    assert unknown_row["rule"] == "unknown-tool"
+
+
+async def test_a_call_is_refused_when_its_audit_row_cannot_be_written(
+    gateway: Gateway, deployment: Deployment, example_api: ExampleApi
+) -> None:
+    with sqlite3.connect(deployment.database) as db:
+        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON audit_record BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    before = len(example_api.seen())
+    result = await gateway.call_tool(ALICE, "crm.search", {"query": "ada"}, "req-3")
+    assert error_code(result) == "unavailable"
+    assert len(example_api.seen()) == before, "the backend must not be called without a decision on record"
+    with pytest.raises(MCPError) as listed:
+        gateway.list_tools(ALICE, "req-4")
+    assert listed.value.data["code"] == "unavailable"
+    assert gateway.ready()[0] is True  # reachable but refusing writes: readiness reflects connectivity only
+
+
+async def test_the_result_is_withheld_when_the_outcome_cannot_be_recorded(
+    gateway: Gateway, deployment: Deployment
+) -> None:
+    with sqlite3.connect(deployment.database) as db:
+        db.execute(
+            "CREATE TRIGGER refuse_result BEFORE INSERT ON audit_record WHEN NEW.event = 'tools/call.result' "
+            "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+    result = await gateway.call_tool(ALICE, "crm.customer_lookup", {"customer_id": "c-100"}, "req-5")
+    assert error_code(result) == "unavailable"
+    assert "Ada" not in str(result.model_dump())
+
+
+async def test_audit_chain_links_every_row(gateway: Gateway) -> None:
+    gateway.list_tools(ALICE, "a")
+    await gateway.call_tool(ALICE, "crm.search", {"query": "ada"}, "b")
+    trail = rows(gateway)
+    assert trail[0]["prev_hash"] == "0" * 64
+    assert all(later["prev_hash"] == earlier["hash"] for earlier, later in itertools.pairwise(trail))
+
+
+def _append(path: Path, line: str) -> None:
+    with path.open("a") as handle:
+        handle.write(line + "\n")
+
+
+async def test_policy_reload_swaps_in_a_good_policy_and_audits_it(gateway: Gateway, deployment: Deployment) -> None:
+    assert "hr.salary_lookup" not in [tool.name for tool in gateway.visible_tools(ALICE)]
+    _append(deployment.policies / "internal.csv", "p, user:alice, internal, hr.salary_lookup, call, allow")
+    report = gateway.reload(actor="test")
+    assert report.policy_changed
+    assert not report.errors
+    assert "hr.salary_lookup" in [tool.name for tool in gateway.visible_tools(ALICE)]
+    change = rows(gateway)[-1]
+    assert (change["event"], change["outcome"], change["subject"]) == ("policy.reload", "ok", "test")
+    assert "p, user:alice, internal, hr.salary_lookup, call, allow" in change["detail"]
+
+
+async def test_a_broken_policy_keeps_the_last_good_one_and_is_audited(gateway: Gateway, deployment: Deployment) -> None:
+    version = gateway.policy.snapshot.version
+    _append(deployment.policies / "internal.csv", "p, role:support, internal, hr.*, call")  # missing effect
+    report = gateway.reload(actor="test")
+    assert report.errors
+    assert not report.policy_changed
+    assert gateway.policy.snapshot.version == version
+    assert "hr.salary_lookup" not in [tool.name for tool in gateway.visible_tools(ALICE)]
+    change = rows(gateway)[-1]
+    assert (change["event"], change["decision"], change["outcome"]) == ("policy.reload", "error", "rejected")
+    assert "internal.csv" in change["detail"]
+
+
+async def test_catalog_reload_publishes_new_tools_and_keeps_last_good_on_error(
+    gateway: Gateway, deployment: Deployment
+) -> None:
+    catalog = deployment.root / "catalogs" / "internal.yaml"
+    original = catalog.read_text()
+    catalog.write_text(original.replace("name: crm.search", "name: crm.find"))
+    report = gateway.reload()
+    assert report.catalogs_changed
+    assert "crm.find" in [tool.name for tool in gateway.visible_tools(ALICE)]
+    change = rows(gateway)[-1]
+    assert change["event"] == "catalog.reload"
+    assert '"added":["crm.find"]' in change["detail"]
+
+    catalog.write_text(original.replace("name: crm.search", "name: ../crm"))
+    report = gateway.reload()
+    assert report.errors
+    assert not report.catalogs_changed
+    assert "crm.find" in [tool.name for tool in gateway.visible_tools(ALICE)]
+    assert rows(gateway)[-1]["outcome"] == "rejected"
+
+
+async def test_unchanged_files_do_not_write_reload_rows(gateway: Gateway) -> None:
+    count = len(rows(gateway))
+    report = gateway.reload()
+    assert not report.policy_changed
+    assert not report.catalogs_changed
+    assert not report.errors
+    assert len(rows(gateway)) == count
+
+
+async def test_role_inheritance_and_token_roles_both_grant(gateway: Gateway, deployment: Deployment) -> None:
+    lead = Principal("lee", ("support_lead",), "internal", (), None, "test", 2**40)
+    assert [tool.name for tool in gateway.visible_tools(lead)] == [tool.name for tool in gateway.visible_tools(ALICE)]
+    assert "hr.salary_lookup" in [tool.name for tool in gateway.visible_tools(HR)]

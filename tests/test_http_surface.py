@@ -1,0 +1,108 @@
+"""The HTTP surface as an OAuth 2.1 resource server: 401s, RFC 9728 metadata, Origin, health."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import ISSUER, HttpGateway
+
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}},
+}
+MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+def post(gateway: HttpGateway, path: str = "/mcp", **headers: str) -> httpx.Response:
+    with httpx.Client(trust_env=False, timeout=10) as client:
+        return client.post(f"{gateway.url}{path}", json=INITIALIZE, headers={**MCP_HEADERS, **headers})
+
+
+def test_missing_token_gets_401_pointing_at_protected_resource_metadata(http_gateway: HttpGateway) -> None:
+    response = post(http_gateway)
+    assert response.status_code == 401
+    challenge = response.headers["www-authenticate"]
+    metadata_url = f"{http_gateway.url}/.well-known/oauth-protected-resource/mcp"
+    assert challenge.startswith("Bearer ")
+    assert f'resource_metadata="{metadata_url}"' in challenge
+
+    metadata = httpx.get(metadata_url, trust_env=False).json()
+    assert metadata["resource"] == http_gateway.deployment.audience
+    assert metadata["authorization_servers"] == [ISSUER + "/"] or metadata["authorization_servers"] == [ISSUER]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        pytest.param({"ttl": -120}, id="expired"),
+        pytest.param({"audience": "http://127.0.0.1:1/other"}, id="wrong-audience"),
+        pytest.param({"issuer": "https://evil.example"}, id="wrong-issuer"),
+        pytest.param({"ttl": 7 * 86_400}, id="lifetime-too-long"),
+    ],
+)
+def test_bad_tokens_get_401(http_gateway: HttpGateway, overrides: dict[str, object]) -> None:
+    token = http_gateway.deployment.mint("alice", ("support",), "internal", **overrides)
+    assert post(http_gateway, Authorization=f"Bearer {token}").status_code == 401
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param("not-a-jwt", id="garbage"),
+        pytest.param("eyJhbGciOiJub25lIn0.eyJzdWIiOiJhbGljZSJ9.", id="alg-none"),
+        pytest.param("a" * 20_000, id="oversized"),
+    ],
+)
+def test_malformed_tokens_get_401(http_gateway: HttpGateway, token: str) -> None:
+    assert post(http_gateway, Authorization=f"Bearer {token}").status_code == 401
+
+
+def test_token_without_catalog_claim_is_refused(http_gateway: HttpGateway) -> None:
+    key = http_gateway.deployment.key
+    now = int(time.time())
+    token = key.mint(
+        "alice",
+        roles=("support",),
+        catalog="internal",
+        issuer=ISSUER,
+        audience=http_gateway.deployment.audience,
+        extra_claims={"catalog": None, "iat": now},
+    )
+    assert post(http_gateway, Authorization=f"Bearer {token}").status_code == 401
+
+
+def test_sse_endpoints_require_a_token_too(http_gateway: HttpGateway) -> None:
+    with httpx.Client(trust_env=False, timeout=10) as client:
+        assert client.get(f"{http_gateway.url}/sse").status_code == 401
+        assert client.post(f"{http_gateway.url}/messages/?session_id=x", json=INITIALIZE).status_code == 401
+
+
+@pytest.mark.parametrize("path", ["/mcp", "/sse", "/healthz"])
+def test_foreign_origin_is_refused_before_anything_else(http_gateway: HttpGateway, path: str) -> None:
+    token = http_gateway.deployment.mint("alice", ("support",), "internal")
+    with httpx.Client(trust_env=False, timeout=10) as client:
+        response = client.request(
+            "POST" if path != "/healthz" else "GET",
+            f"{http_gateway.url}{path}",
+            headers={**MCP_HEADERS, "Origin": "https://evil.example", "Authorization": f"Bearer {token}"},
+            json=INITIALIZE if path != "/healthz" else None,
+        )
+    assert response.status_code == 403
+
+
+def test_own_origin_is_allowed(http_gateway: HttpGateway) -> None:
+    token = http_gateway.deployment.mint("alice", ("support",), "internal")
+    response = post(http_gateway, Origin=http_gateway.url, Authorization=f"Bearer {token}")
+    assert response.status_code == 200
+
+
+def test_health_and_readiness(http_gateway: HttpGateway) -> None:
+    assert httpx.get(f"{http_gateway.url}/healthz", trust_env=False).json() == {"status": "ok"}
+    ready = httpx.get(f"{http_gateway.url}/readyz", trust_env=False)
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "ready"
