@@ -23,8 +23,9 @@ unknown type (including a first line behind a UTF-8 byte-order mark), truncates 
 keeps commas inside ``()``/``[]`` in one field, reads ``allow # note`` as an effect that is neither allow nor
 deny, and reports a ``p`` line of the wrong length only when enforcing. Its role manager follows at most nine
 links from the user (``max_hierarchy_level=10``) and silently ignores deeper roles; we refuse such policies.
-Its built-in ``globMatch`` is a path glob, ``keyMatch`` matches prefixes and ``regexMatch`` is unanchored at the
-end, hence the model's own ``toolMatch``.
+It recognises the effect expression by exact string, so respacing it breaks the model. Its built-in
+``globMatch`` is a path glob, ``keyMatch`` matches prefixes and ``regexMatch`` is unanchored at the end, hence
+the model's own ``toolMatch``.
 """
 
 from __future__ import annotations
