@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,7 +54,7 @@ def _write(url: str, writer: int, count: int) -> None:
 
 def assert_linear(rows: list[dict[str, Any]]) -> None:
     assert rows[0]["prev_hash"] == GENESIS
-    for earlier, later in zip(rows, rows[1:], strict=False):
+    for earlier, later in itertools.pairwise(rows):
         assert later["prev_hash"] == earlier["hash"], f"fork or gap at row {later['id']}"
     assert len({row["prev_hash"] for row in rows}) == len(rows)
     for row in rows:
@@ -97,5 +98,5 @@ def test_export_streams_in_batches_and_filters_by_time(tmp_path: Path) -> None:
         log.record(entry(index))
     rows = list(log.iter_rows(batch=7))
     assert [row["request_id"] for row in rows] == [f"0-{i}" for i in range(25)]
-    assert list(log.iter_rows(since=rows[10]["ts"], batch=4))[0]["id"] == rows[10]["id"]
+    assert next(iter(log.iter_rows(since=rows[10]["ts"], batch=4)))["id"] == rows[10]["id"]
     log.close()
