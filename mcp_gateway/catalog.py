@@ -31,6 +31,7 @@ __all__ = [
     "CatalogSet",
     "HttpBackend",
     "ToolSpec",
+    "catalog_fingerprint",
     "load_catalogs",
 ]
 
@@ -182,6 +183,19 @@ def _tool_spec(catalog: str, model: _ToolModel) -> ToolSpec:
     digest = _digest({"tool": published, "backend": model.backend.model_dump(mode="json")})
     validator = jsonschema.Draft202012Validator(model.input_schema, format_checker=jsonschema.FormatChecker())
     return ToolSpec(model.name, catalog, definition, model.backend, digest, validator)
+
+
+def catalog_fingerprint(catalogs_dir: Path) -> str:
+    """A digest of the catalog files' names and contents: cheap change detection without parsing."""
+    digest = hashlib.sha256()
+    for path in sorted(catalogs_dir.glob("*.yaml")):
+        digest.update(path.name.encode() + b"\0")
+        try:
+            digest.update(path.read_bytes())
+        except OSError as exc:
+            digest.update(f"unreadable: {exc.errno}".encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 def load_catalogs(catalogs_dir: Path, egress: EgressSettings) -> CatalogSet:

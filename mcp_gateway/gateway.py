@@ -25,7 +25,7 @@ from typing import Any
 import mcp_types as types
 
 from mcp_gateway.audit import AuditEntry, AuditLog
-from mcp_gateway.catalog import CatalogSet, ToolSpec, load_catalogs
+from mcp_gateway.catalog import CatalogSet, ToolSpec, catalog_fingerprint, load_catalogs
 from mcp_gateway.config import Settings
 from mcp_gateway.errors import (
     CallError,
@@ -98,6 +98,7 @@ class Gateway:
         self.audit = audit
         self.policy = policy
         self.upstream = upstream
+        self._catalog_files = catalog_fingerprint(settings.catalogs_dir)
         self._catalogs = load_catalogs(settings.catalogs_dir, settings.egress)
         self._visible: dict[tuple[Any, ...], tuple[types.Tool, ...]] = {}
 
@@ -241,39 +242,44 @@ class Gateway:
     def reload(self, actor: str = "gateway") -> ReloadReport:
         """Re-read policy and catalogs; swap in what loads, keep the last good version of what does not.
 
-        Every change, and every failed attempt, is an audit row.
+        Every change and every rejected version is one audit row; files left unchanged are not re-parsed, and a
+        broken file left in place is reported once.
         """
-        errors: list[str] = []
+        policy_changed, policy_error = self._reload_policy(actor)
+        catalogs_changed, catalogs_error = self._reload_catalogs(actor)
+        if policy_changed or catalogs_changed:
+            self._visible.clear()
+        errors = tuple(error for error in (policy_error, catalogs_error) if error)
+        return ReloadReport(policy_changed, catalogs_changed, errors)
+
+    def _reload_policy(self, actor: str) -> tuple[bool, str | None]:
         result = self.policy.reload()
-        if result.changed or not result.ok:
-            self._audit_change(
-                "policy.reload",
-                actor,
-                result.ok,
-                old=result.old_version,
-                new=result.new_version,
-                detail={"added": list(result.added), "removed": list(result.removed), "error": result.error},
-            )
-            if result.error:
-                errors.append(f"policy: {result.error}")
-        catalogs_changed = False
+        if not result.changed:
+            return False, None
+        detail = {"added": list(result.added), "removed": list(result.removed), "error": result.error}
+        self._audit_change(
+            "policy.reload", actor, result.ok, old=result.old_version, new=result.new_version, detail=detail
+        )
+        return result.ok, None if result.ok else f"policy: {result.error}"
+
+    def _reload_catalogs(self, actor: str) -> tuple[bool, str | None]:
+        fingerprint = catalog_fingerprint(self.settings.catalogs_dir)
+        if fingerprint == self._catalog_files:
+            return False, None
+        self._catalog_files = fingerprint
+        old = self._catalogs
         try:
             fresh = load_catalogs(self.settings.catalogs_dir, self.settings.egress)
         except ConfigError as exc:
-            errors.append(f"catalogs: {exc}")
-            self._audit_change(
-                "catalog.reload", actor, False, old=self._catalogs.version, new=None, detail={"error": str(exc)}
-            )
-        else:
-            if fresh.version != self._catalogs.version:
-                old, self._catalogs = self._catalogs, fresh
-                catalogs_changed = True
-                self._audit_change(
-                    "catalog.reload", actor, True, old=old.version, new=fresh.version, detail=_catalog_diff(old, fresh)
-                )
-        if result.changed or catalogs_changed:
-            self._visible.clear()
-        return ReloadReport(result.changed and result.ok, catalogs_changed, tuple(errors))
+            self._audit_change("catalog.reload", actor, False, old=old.version, new=None, detail={"error": str(exc)})
+            return False, f"catalogs: {exc}"
+        if fresh.version == old.version:
+            return False, None
+        self._catalogs = fresh
+        self._audit_change(
+            "catalog.reload", actor, True, old=old.version, new=fresh.version, detail=_catalog_diff(old, fresh)
+        )
+        return True, None
 
     def _audit_change(
         self, event: str, actor: str, ok: bool, *, old: str, new: str | None, detail: dict[str, Any]

@@ -467,6 +467,7 @@ class PolicyEngine:
         self._dir = policies_dir
         self._lock = threading.Lock()
         self._snapshot = load_policy(policies_dir)
+        self._rejected: str | None = None  # digest (or error) of files already reported as invalid
 
     @property
     def snapshot(self) -> PolicySnapshot:
@@ -477,16 +478,27 @@ class PolicyEngine:
         return self._snapshot.decide(subject, roles, catalog, tool)
 
     def reload(self) -> ReloadResult:
-        """Re-read the files; keep the last good snapshot if they are invalid (fail closed to the old policy)."""
+        """Re-read the files; keep the last good snapshot if they are invalid (fail closed to the old policy).
+
+        Files already rejected once are not reported again (``changed=False``) until they change, so a
+        broken file left in place yields one failure report, not one per check.
+        """
         with self._lock:
             old = self._snapshot
+            sources: _Sources | None = None
             try:
                 sources = _read_sources(self._dir)
-                if sources.version == old.version:
+                if sources.version in (old.version, self._rejected):
                     return ReloadResult(False, True, old.version, old.version, None)
                 new = _compile(sources)
             except ConfigError as exc:
+                # Unreadable files have no digest: the error text stands in for it.
+                rejected = sources.version if sources is not None else str(exc)
+                if rejected == self._rejected:
+                    return ReloadResult(False, True, old.version, old.version, None)
+                self._rejected = rejected
                 return ReloadResult(True, False, old.version, None, str(exc))
+            self._rejected = None
             before, after = _policy_lines(old), _policy_lines(new)
             self._snapshot = new  # one reference assignment: readers see the old or the new snapshot, never a mix
             return ReloadResult(

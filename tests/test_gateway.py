@@ -189,3 +189,15 @@ async def test_role_inheritance_and_token_roles_both_grant(gateway: Gateway, dep
     lead = Principal("lee", ("support_lead",), "internal", (), None, "test", 2**40)
     assert [tool.name for tool in gateway.visible_tools(lead)] == [tool.name for tool in gateway.visible_tools(ALICE)]
     assert "hr.salary_lookup" in [tool.name for tool in gateway.visible_tools(HR)]
+
+
+async def test_a_broken_file_left_in_place_is_reported_once(gateway: Gateway, deployment: Deployment) -> None:
+    _append(deployment.policies / "internal.csv", "p, broken")
+    catalog = deployment.root / "catalogs" / "partner.yaml"
+    catalog.write_text(catalog.read_text() + "\nnot: [valid")
+    first = gateway.reload()
+    count = len(rows(gateway))
+    again = [gateway.reload() for _ in range(3)]
+    assert len(first.errors) == 2
+    assert all(not report.errors for report in again)
+    assert len(rows(gateway)) == count

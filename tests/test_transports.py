@@ -136,3 +136,38 @@ async def test_stdio_without_a_token_refuses_every_request(deployment: Deploymen
         with pytest.raises(MCPError) as called:
             await client.call_tool("crm.search", {"query": "ada"})
     assert listed.value.code == called.value.code == UNAUTHENTICATED
+
+
+async def test_running_gateway_picks_up_policy_edits_and_keeps_last_good_on_a_broken_file(
+    http_gateway: HttpGateway,
+) -> None:
+    import anyio
+
+    deployment = http_gateway.deployment
+    token = deployment.mint("alice", ("support",), "internal")
+    policy = deployment.policies / "internal.csv"
+    original = policy.read_text()
+
+    async def visible() -> list[str]:
+        async with connect("streamable-http", "2026-07-28", deployment, token) as client:
+            return [tool.name for tool in (await client.list_tools(cache_mode="bypass")).tools]
+
+    async def wait_for(predicate: Any) -> list[str]:
+        with anyio.fail_after(10):
+            while not predicate(tools := await visible()):
+                await anyio.sleep(0.1)
+        return tools
+
+    assert "hr.salary_lookup" not in await visible()
+    policy.write_text(original + "p, user:alice, internal, hr.salary_lookup, call, allow\n")
+    await wait_for(lambda tools: "hr.salary_lookup" in tools)
+
+    policy.write_text(original + "p, user:alice, internal, hr.salary_lookup, call, allow\np, broken\n")
+    log = AuditLog(f"sqlite:///{deployment.database}")
+    with anyio.fail_after(10):
+        while not any(row["outcome"] == "rejected" for row in log.iter_rows()):
+            await anyio.sleep(0.1)
+    assert "hr.salary_lookup" in await visible(), "the last good policy stays in force"
+    events = [(row["event"], row["outcome"]) for row in log.iter_rows() if row["event"].endswith(".reload")]
+    log.close()
+    assert events[:2] == [("policy.reload", "ok"), ("policy.reload", "rejected")]
