@@ -106,3 +106,9 @@ def test_health_and_readiness(http_gateway: HttpGateway) -> None:
     ready = httpx.get(f"{http_gateway.url}/readyz", trust_env=False)
     assert ready.status_code == 200
     assert ready.json()["status"] == "ready"
+
+
+def test_foreign_host_header_is_refused_against_dns_rebinding(http_gateway: HttpGateway) -> None:
+    token = http_gateway.deployment.mint("alice", ("support",), "internal")
+    response = post(http_gateway, Host="evil.example:80", Authorization=f"Bearer {token}")
+    assert response.status_code == 421

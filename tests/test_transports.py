@@ -109,6 +109,10 @@ async def test_each_transport_filters_catalogs_calls_backends_and_audits(
     assert ("tools/call", "alice", "no.such_tool", "deny", "unknown_tool") in rows
     assert ("tools/call", "acme-bot", "orders.cancel", "deny", "unknown_tool") in rows
     assert ("tools/call.result", "acme-bot", "orders.status", "allow", "ok") in rows
+    # One listing each: the SDK's 2026-07-28 HTTP path re-runs tools/list per call unless the gateway hands it
+    # get_tool_input_schema, which would write a listing row per call.
+    listings = [row for row in rows if row[0] == "tools/list"]
+    assert [row[1] for row in listings] == ["alice", "acme-bot"]
 
 
 async def test_stdio_token_that_expires_mid_session_stops_working(

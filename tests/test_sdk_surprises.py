@@ -1,0 +1,74 @@
+"""Behaviour of the `mcp` 2.x SDK that the gateway's design depends on, pinned so an upgrade that changes it
+fails here first (see docs/architecture.md, "Surprises pinned in tests")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mcp_types as types
+import pytest
+from mcp.client import Client
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel import Server
+from mcp.shared.exceptions import MCPError
+
+from mcp_gateway.config import load_settings
+from mcp_gateway.gateway import Gateway
+from mcp_gateway.identity import Principal
+from mcp_gateway.server import build_gateway, build_server
+from tests.conftest import Deployment
+
+MODES = ["legacy", "2026-07-28"]
+ALICE = Principal("alice", ("support",), "internal", (), None, "test", 2**40)
+
+
+async def _list(ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+    return types.ListToolsResult(tools=[types.Tool(name="t", input_schema={"type": "object"})])
+
+
+async def _boom(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
+    raise RuntimeError("secret internal detail")
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_sdk_low_level_server_leaks_exception_text_in_legacy_mode(mode: str) -> None:
+    server: Server[Any] = Server("bare", on_list_tools=_list, on_call_tool=_boom)
+    async with Client(server, mode=mode) as client:
+        with pytest.raises(MCPError) as caught:
+            await client.call_tool("t", {})
+    leaked = caught.value.message == "secret internal detail"
+    assert leaked is (mode == "legacy"), "SDK changed: revisit server.on_call_tool's catch-all and this note"
+
+
+async def _echo(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
+    return types.CallToolResult(content=[types.TextContent(text=params.name)])
+
+
+async def test_sdk_low_level_server_serves_calls_to_unlisted_tools_unvalidated() -> None:
+    server: Server[Any] = Server("bare", on_list_tools=_list, on_call_tool=_echo)
+    async with Client(server, mode="2026-07-28") as client:
+        result = await client.call_tool("never-listed", {"anything": ["goes"]})
+    assert not result.is_error, "SDK now filters unlisted tools; the gateway's own check stays regardless"
+
+
+@pytest.fixture
+async def gateway(deployment: Deployment) -> Any:
+    gateway = build_gateway(load_settings(deployment.config))
+    yield gateway
+    await gateway.upstream.aclose()
+    gateway.audit.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_gateway_never_leaks_internal_errors(gateway: Gateway, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(*args: Any) -> types.CallToolResult:
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(gateway, "call_tool", broken)
+    async with Client(build_server(gateway, lambda: ALICE), mode=mode) as client:
+        with pytest.raises(MCPError) as caught:
+            await client.call_tool("crm.search", {"query": "x"})
+    assert caught.value.code == types.INTERNAL_ERROR
+    assert caught.value.message == "Internal error"
+    assert "secret" not in str(caught.value.data)
+    assert caught.value.data["code"] == "internal_error"
