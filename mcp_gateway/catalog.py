@@ -40,6 +40,33 @@ __all__ = [
 TOOL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 CATALOG_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_HEADER_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
+_HEADER_VALUE = re.compile(r"[\x20-\x7e\t]*")
+# Headers that frame or route the request: set by the HTTP client only, never by a catalog.
+_RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "te",
+        "upgrade",
+        "trailer",
+        "keep-alive",
+        "proxy-authorization",
+        "proxy-connection",
+        "accept-encoding",
+    }
+)
+
+
+def _check_header_name(name: str) -> None:
+    if not _HEADER_TOKEN.fullmatch(name):
+        raise ValueError(f"header name {name!r} is not an HTTP token")
+    if name.lower() in _RESERVED_HEADERS:
+        raise ValueError(f"header {name!r} is set by the gateway's HTTP client, not by a catalog")
+
+
 RESERVED_FILES = frozenset({"models.yaml"})
 
 
@@ -77,10 +104,24 @@ class HttpBackend(_FileModel):
 
     @field_validator("headers")
     @classmethod
-    def _no_hop_headers(cls, value: dict[str, str]) -> dict[str, str]:
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
         for name, content in value.items():
-            if "\n" in content or "\r" in content or "\n" in name or "\r" in name:
-                raise ValueError(f"header {name!r} contains a line break")
+            _check_header_name(name)
+            if not _HEADER_VALUE.fullmatch(content):
+                raise ValueError(f"header {name!r}: value must be visible ASCII, spaces and tabs")
+        return value
+
+    @field_validator("credential_header")
+    @classmethod
+    def _credential_header(cls, value: str) -> str:
+        _check_header_name(value)
+        return value
+
+    @field_validator("credential_scheme")
+    @classmethod
+    def _credential_scheme(cls, value: str) -> str:
+        if value and not _HEADER_TOKEN.fullmatch(value):
+            raise ValueError("must be an HTTP token such as Bearer, or empty")
         return value
 
     @model_validator(mode="after")
@@ -209,6 +250,9 @@ def load_catalogs(catalogs_dir: Path, egress: EgressSettings) -> CatalogSet:
         raise ConfigError(f"catalogs_dir: {catalogs_dir} is not a folder")
     catalogs: dict[str, dict[str, ToolSpec]] = {}
     digests: dict[str, str] = {}
+    misnamed = sorted(path.name for path in catalogs_dir.glob("*.yml"))
+    if misnamed:
+        raise ConfigError(f"{catalogs_dir}: catalogs end in .yaml; rename {misnamed} (they would be ignored)")
     for path in sorted(catalogs_dir.glob("*.yaml")):
         if path.name in RESERVED_FILES:
             continue
@@ -230,6 +274,11 @@ def load_catalogs(catalogs_dir: Path, egress: EgressSettings) -> CatalogSet:
                 raise ConfigError(f"{path}: tools.{index}.name: {model.name!r} is defined twice")
             if not egress.permits(model.backend.url):
                 raise ConfigError(f"{path}: tools.{index}.backend.url: {model.backend.url!r} is not on egress.allow")
+            secret_file = model.backend.credential_file
+            if secret_file is not None and not secret_file.is_absolute():
+                # Relative to the catalog file, like every other path in the configuration.
+                backend = model.backend.model_copy(update={"credential_file": path.parent / secret_file})
+                model = model.model_copy(update={"backend": backend})
             tools[model.name] = _tool_spec(name, model)
         catalogs[name] = tools
         digests[name] = hashlib.sha256(raw).hexdigest()

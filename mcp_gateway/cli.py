@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -16,7 +17,9 @@ from typing import Annotated, NoReturn
 import anyio
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from mcp_gateway.audit import AuditLog
 from mcp_gateway.catalog import load_catalogs
@@ -61,7 +64,8 @@ class MatrixFormat(StrEnum):
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    # Messages quote config values and paths: never let them be read as markup.
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -128,6 +132,8 @@ def token_issue(
     """Mint a short-lived token with the local development key (created on first use). Development only."""
     from mcp_gateway.devkeys import ensure_dev_key
 
+    if catalog not in ("internal", "partner"):
+        _fail(f"--catalog must be internal or partner, not {catalog!r}")
     settings = _settings(config)
     key = ensure_dev_key(settings.state_dir)
     token = key.mint(
@@ -162,13 +168,13 @@ def policy_explain(
     """Why a caller may or may not call a tool: its effective subjects and every matching rule."""
     _, policy = _policy(config)
     explanation = policy.explain(subject, tuple(role or ()), catalog, tool)
-    out.print(f"subjects: {', '.join(explanation.subjects)}")
+    out.print(Text(f"subjects: {', '.join(explanation.subjects)}"))
     table = Table("effect", "rule")
     for rule in explanation.matched:
-        table.add_row(rule.effect, str(rule))
+        table.add_row(rule.effect, Text(str(rule)))
     out.print(table)
     verdict = "[green]ALLOW[/]" if explanation.decision.allowed else "[red]DENY[/]"
-    out.print(f"{verdict} by {explanation.decision.rule}")
+    out.print(f"{verdict} by {escape(explanation.decision.rule)}")
     raise typer.Exit(0 if explanation.decision.allowed else 1)
 
 
@@ -207,7 +213,7 @@ def policy_matrix(
         return
     table = Table("catalog", "subject", "tool", "decision")
     for row in rows:
-        table.add_row(*row[:3], "[green]allow[/]" if row[3] == "allow" else "[dim]deny[/]")
+        table.add_row(*(Text(cell) for cell in row[:3]), "[green]allow[/]" if row[3] == "allow" else "[dim]deny[/]")
     out.print(table)
 
 
@@ -228,7 +234,8 @@ def audit_tail(
     log = _audit_log(config)
     table = Table("id", "time", "event", "subject", "catalog", "tool", "decision", "rule", "outcome", "ms")
     for row in log.tail(count):
-        table.add_row(
+        # Audit text comes from callers (tool names, subjects): render it literally, never as markup.
+        cells = (
             str(row["id"]),
             row["ts"][11:23],
             row["event"],
@@ -240,6 +247,7 @@ def audit_tail(
             row["outcome"],
             f"{row['latency_ms']:.2f}" if row["latency_ms"] is not None else "",
         )
+        table.add_row(*(Text(cell) for cell in cells))
     out.print(table)
     log.close()
 
@@ -251,11 +259,23 @@ def audit_export(
     config: ConfigOption = None,
 ) -> None:
     """Every audit row as JSON lines, streamed, for a SIEM."""
+    cutoff = _utc(since) if since is not None else None
     log = _audit_log(config)
     write = sys.stdout.write
-    for row in log.iter_rows(since):
+    for row in log.iter_rows(cutoff):
         write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
     log.close()
+
+
+def _utc(value: str) -> str:
+    """An ISO 8601 time in the trail's own spelling (UTC, microseconds), so it compares correctly as text."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        _fail(f"--since: {value!r} is not an ISO 8601 time such as 2026-11-25T09:00:00Z")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def main() -> None:

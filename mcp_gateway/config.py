@@ -8,6 +8,7 @@ working directory.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -184,10 +185,33 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         data["database_url"] = "sqlite:///" + str(base / url.removeprefix("sqlite:///"))
     elif url is None:
         data["database_url"] = "sqlite:///" + str(Path(data["state_dir"]) / "audit.db")
+    _check_environment(os.environ)
     try:
         return Settings(**data)
     except ValidationError as exc:
         raise ConfigError(f"{config_path}: {describe_validation_error(exc)}") from exc
+
+
+# Variables with the prefix that are not settings: read by the CLI and the stdio transport.
+_NOT_SETTINGS = frozenset({"MCP_GATEWAY_CONFIG", "MCP_GATEWAY_TOKEN", "MCP_GATEWAY_TOKEN_FILE"})
+
+
+def _check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse ``MCP_GATEWAY_*`` variables that name no setting: a misspelt override must not be ignored."""
+    for name in sorted(environ):
+        if not name.startswith("MCP_GATEWAY_") or name in _NOT_SETTINGS:
+            continue
+        path = name.removeprefix("MCP_GATEWAY_").lower().split("__")
+        model: Any = Settings
+        for part in path:
+            fields = getattr(model, "model_fields", None)
+            if fields is None or part not in fields:
+                raise ConfigError(
+                    f"environment: {name} names no setting (nested keys use __, e.g. MCP_GATEWAY_IDENTITY__ISSUER)"
+                )
+            model = fields[part].annotation
+        if getattr(model, "model_fields", None) is not None:
+            raise ConfigError(f"environment: {name} names a section; set its keys with __")
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -29,10 +29,15 @@ REQUEST_ID_HEADER = "X-Request-Id"
 _SCALARS = (str, int, float, bool)
 
 
+def _text(value: str | int | float | bool) -> str:
+    # JSON spelling for booleans, whether alone or inside a list.
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
 def _segment(name: str, value: Any) -> str:
     if not isinstance(value, _SCALARS):
         raise InvalidArgumentsError(f"path argument {name!r} is not a scalar", public_detail=f"{name}: not a scalar")
-    text = str(value).lower() if isinstance(value, bool) else str(value)
+    text = _text(value)
     if text in ("", ".", ".."):
         raise InvalidArgumentsError(f"path argument {name!r} is {text!r}", public_detail=f"{name}: not a path segment")
     return quote(text, safe="")
@@ -40,9 +45,9 @@ def _segment(name: str, value: Any) -> str:
 
 def _query_value(name: str, value: Any) -> str | list[str]:
     if isinstance(value, list) and all(isinstance(item, _SCALARS) for item in value):
-        return [str(item) for item in value]
+        return [_text(item) for item in value]
     if isinstance(value, _SCALARS):
-        return str(value).lower() if isinstance(value, bool) else str(value)
+        return _text(value)
     raise InvalidArgumentsError(f"query argument {name!r} is not a scalar", public_detail=f"{name}: not a scalar")
 
 
@@ -86,10 +91,15 @@ class HttpUpstream:
         backend = tool.backend
         url = backend.url
         for name in backend.path_arguments:
+            if name not in arguments:
+                raise InvalidArgumentsError(f"path argument {name!r} missing", public_detail=f"{name}: required")
             url = url.replace("{" + name + "}", _segment(name, arguments[name]))
         params = {key: _query_value(arg, arguments[arg]) for key, arg in backend.query.items() if arg in arguments}
         headers = dict(backend.headers)
         headers[REQUEST_ID_HEADER] = request_id
+        # An uncompressed answer keeps the size cap honest: a small gzip body can inflate a hundredfold
+        # inside one decoded chunk before the cap sees it. A compressed answer anyway is refused below.
+        headers["Accept-Encoding"] = "identity"
         secret = _credential(backend)
         if secret is not None:
             headers[backend.credential_header] = f"{backend.credential_scheme} {secret}".strip()
@@ -116,13 +126,17 @@ class HttpUpstream:
             with anyio.fail_after(backend.timeout):
                 response = await self._client.send(request, stream=True)
                 try:
-                    async for chunk in response.aiter_bytes():
+                    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+                    if encoding != "identity":
+                        raise UpstreamError(f"{tool.name}: upstream sent Content-Encoding {encoding!r}, asked identity")
+                    async for chunk in response.aiter_raw():
                         body += chunk
                         if len(body) > backend.max_response_bytes:
                             raise UpstreamError(f"{tool.name}: response exceeds {backend.max_response_bytes} bytes")
                 finally:
                     await response.aclose()
-        if response.status_code >= 400:
+        if not response.is_success:
+            # 3xx included: redirects are never followed, and a redirect's body is not the tool's answer.
             raise UpstreamError(f"{tool.name}: upstream answered HTTP {response.status_code}")
         return _result(tool.name, response, bytes(body))
 
@@ -133,7 +147,8 @@ def _result(tool: str, response: httpx.Response, body: bytes) -> types.CallToolR
     except (UnicodeDecodeError, LookupError) as exc:
         raise UpstreamError(f"{tool}: response is not text: {exc}") from exc
     structured: dict[str, Any] | None = None
-    if response.headers.get("content-type", "").split(";")[0].strip().endswith("json"):
+    media_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type == "application/json" or media_type.endswith("+json"):
         try:
             parsed = json.loads(text)
         except json.JSONDecodeError as exc:

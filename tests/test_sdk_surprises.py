@@ -60,7 +60,9 @@ async def gateway(deployment: Deployment) -> Any:
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_gateway_never_leaks_internal_errors(gateway: Gateway, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_gateway_never_leaks_internal_errors(
+    gateway: Gateway, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async def broken(*args: Any) -> types.CallToolResult:
         raise RuntimeError("secret internal detail")
 

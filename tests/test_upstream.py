@@ -1,0 +1,754 @@
+"""REST backends: ``HttpUpstream.call`` against a real, hostile upstream on 127.0.0.1.
+
+The upstream is an ASGI app built from Starlette requests and responses, run by uvicorn in a background thread;
+it records every request it sees. Wire-level lies a well-behaved ASGI server will not tell (bodies without
+framing, conflicting lengths) and the places that must never be reached (redirect targets, proxies, origins off
+the allowlist) are raw TCP servers that count the connections they accept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+import mcp_types as types
+import pytest
+import uvicorn
+import yaml
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from mcp_gateway.catalog import HttpBackend, ToolSpec, load_catalogs
+from mcp_gateway.config import EgressSettings
+from mcp_gateway.egress import EgressDeniedError
+from mcp_gateway.errors import InvalidArgumentsError, UnavailableError, UpstreamError
+from mcp_gateway.upstream import REQUEST_ID_HEADER, HttpUpstream
+
+CAP = 1000  # max_response_bytes for the size tests
+TIMEOUT = 0.5  # the tool timeout for the deadline tests
+GZIP_BOMB = gzip.compress(b"\0" * (16 * 1_048_576), compresslevel=9)  # ~16 KB on the wire, 16 MiB inflated
+
+
+# --- A hostile upstream: Starlette under uvicorn --------------------------------------------------------------
+
+
+@dataclass
+class Seen:
+    method: str
+    raw_path: bytes
+    query: list[tuple[str, str]]
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Upstream:
+    url: str
+    redirect_target: str
+    stop: threading.Event
+    seen: list[Seen] = field(default_factory=list)
+
+    def requests(self, request_id: str) -> list[Seen]:
+        return [item for item in self.seen if item.headers.get("x-request-id") == request_id]
+
+
+def hostile_app(state: Upstream) -> ASGIApp:
+    async def endpoint(request: Request) -> Response:
+        body = await request.body()
+        raw_path: bytes = request.scope["raw_path"]
+        state.seen.append(
+            Seen(
+                method=request.method,
+                raw_path=raw_path,
+                query=parse_qsl(request.url.query, keep_blank_values=True),
+                headers={key.lower(): value for key, value in request.headers.items()},
+                body=body,
+            )
+        )
+        kind = raw_path.split(b"/")[1].decode()
+        if kind == "echo":
+            return JSONResponse({"raw_path": raw_path.decode(), "method": request.method})
+        if kind == "list":
+            return JSONResponse([1, "two", None])
+        if kind == "text":
+            return PlainTextResponse("plain answer")
+        if kind == "latin1":
+            return Response("café".encode("latin-1"), media_type="text/plain; charset=iso-8859-1")
+        if kind == "binary":
+            return Response(b"\x89PNG\xff\xfe\x00", media_type="application/octet-stream")
+        if kind == "bad-json":
+            return Response(b'{"truncated": ', media_type="application/json")
+        if kind == "status":
+            return JSONResponse({"error": "boom"}, status_code=int(raw_path.split(b"/")[2]))
+        if kind == "redirect":
+            return RedirectResponse(f"{state.redirect_target}/landed", status_code=302)
+        if kind == "big":
+            return PlainTextResponse("x" * (CAP * 5))
+        if kind == "chunked":
+            return StreamingResponse(_chunks(10, b"y" * CAP), media_type="text/plain")
+        if kind == "gzip-bomb":
+            return Response(GZIP_BOMB, media_type="text/plain", headers={"Content-Encoding": "gzip"})
+        if kind == "hang":
+            # Past any tool timeout, but bounded, and over as soon as the client gives up or the server stops.
+            for _ in range(200):
+                if state.stop.is_set() or await request.is_disconnected():
+                    break
+                await asyncio.sleep(0.05)
+            return PlainTextResponse("too late")
+        if kind == "drip":
+            return StreamingResponse(_drip(state.stop), media_type="text/plain")
+        return PlainTextResponse("no such route", status_code=404)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        # No router: Starlette's path converters do not match decoded control characters, and every path counts.
+        response = await endpoint(Request(scope, receive))
+        await response(scope, receive, send)
+
+    return app
+
+
+async def _chunks(count: int, chunk: bytes) -> AsyncIterator[bytes]:
+    for _ in range(count):
+        yield chunk
+
+
+async def _drip(stop: threading.Event) -> AsyncIterator[bytes]:
+    # One byte every 50 ms: each read is quick, the whole answer never ends (bounded at 10 s).
+    for _ in range(200):
+        if stop.is_set():
+            return
+        yield b"."
+        await asyncio.sleep(0.05)
+
+
+def _listening_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@pytest.fixture(scope="module")
+def recorder() -> Iterator[RawServer]:
+    """Somewhere that must never be reached: the redirect target."""
+    with RawServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def upstream(recorder: RawServer) -> Iterator[Upstream]:
+    sock = _listening_socket()
+    port = sock.getsockname()[1]
+    state = Upstream(url=f"http://127.0.0.1:{port}", redirect_target=recorder.url, stop=threading.Event())
+    config = uvicorn.Config(
+        hostile_app(state),
+        http="h11",
+        ws="none",
+        lifespan="off",
+        log_level="critical",
+        access_log=False,
+        timeout_graceful_shutdown=2,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    for _ in range(500):
+        if server.started:
+            break
+        time.sleep(0.01)
+    assert server.started, "the upstream did not start"
+    try:
+        yield state
+    finally:
+        state.stop.set()
+        server.should_exit = True
+        thread.join(timeout=5)
+        sock.close()
+
+
+# --- Raw TCP servers: scripted replies, counted connections ---------------------------------------------------
+
+
+class RawServer:
+    """Accepts connections on 127.0.0.1, counts them, and answers each with a scripted reply by path."""
+
+    DEFAULT = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 8\r\nConnection: close\r\n\r\nrecorded"
+
+    def __init__(self, replies: dict[str, bytes] | None = None) -> None:
+        self.replies = replies or {}
+        self.connections = 0
+        outer = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                outer.connections += 1
+                self.request.settimeout(5)
+                head = b""
+                while b"\r\n\r\n" not in head and len(head) < 65536:
+                    data = self.request.recv(4096)
+                    if not data:
+                        return
+                    head += data
+                target = head.split(b" ", 2)[1].decode() if head.count(b" ") >= 2 else ""
+                self.request.sendall(outer.replies.get(target, RawServer.DEFAULT))
+
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05})
+
+    def __enter__(self) -> RawServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def liar() -> Iterator[RawServer]:
+    body = b"z" * (CAP * 5)
+    with RawServer(
+        {
+            # No Content-Length, no chunking: the body runs until the server closes the connection.
+            "/until-close": b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n" + body,
+            # A small Content-Length next to chunked framing; the chunked body is five times the cap.
+            "/cl-and-chunked": b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n"
+            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            + f"{len(body):x}\r\n".encode()
+            + body
+            + b"\r\n0\r\n\r\n",
+            # Claims far more than it sends, then closes: the cap must trip on what arrived.
+            "/short": b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 999999\r\n"
+            b"Connection: close\r\n\r\n" + body,
+        }
+    ) as server:
+        yield server
+
+
+# --- Tools and the client under test --------------------------------------------------------------------------
+
+
+def make_tool(tmp_path: Path, url: str, *, allow: tuple[str, ...] = (), **backend: Any) -> ToolSpec:
+    """Load a one-tool catalog whose backend is ``url`` and ``backend``; every argument it uses is declared."""
+    spec = {"type": "http", "url": url, **backend}
+    probe = HttpBackend(**spec)  # the arguments it uses, parsed the catalog's way
+    names = {*probe.path_arguments, *probe.query.values(), *probe.body.values()}
+    schema = {
+        "type": "object",
+        "properties": {name: {} for name in sorted(names)},
+        "required": list(probe.path_arguments),
+    }
+    folder = tmp_path / f"catalogs-{len(list(tmp_path.glob('catalogs-*')))}"
+    folder.mkdir()
+    tool = {"name": "test.tool", "description": "A tool under test.", "input_schema": schema, "backend": spec}
+    (folder / "internal.yaml").write_text(yaml.safe_dump({"tools": [tool]}), encoding="utf-8")
+    origin = "/".join(url.split("/")[:3])
+    loaded = load_catalogs(folder, EgressSettings(allow=(origin, *allow))).lookup("internal", "test.tool")
+    assert loaded is not None
+    return loaded
+
+
+@pytest.fixture
+async def client(upstream: Upstream, recorder: RawServer, liar: RawServer) -> AsyncIterator[HttpUpstream]:
+    # The redirect target is on the allowlist on purpose: it must be unreachable because redirects are not
+    # followed, not because egress refuses it.
+    http = HttpUpstream(EgressSettings(allow=(upstream.url, recorder.url, liar.url)))
+    try:
+        yield http
+    finally:
+        await http.aclose()
+
+
+_ids = iter(range(1_000_000))
+
+
+def request_id() -> str:
+    return f"req-{next(_ids)}-{time.monotonic_ns()}"
+
+
+def texts(result: types.CallToolResult) -> list[str]:
+    assert all(isinstance(item, types.TextContent) for item in result.content)
+    return [item.text for item in result.content if isinstance(item, types.TextContent)]
+
+
+# --- Answers --------------------------------------------------------------------------------------------------
+
+
+async def test_json_object_answer_becomes_structured_content(
+    tmp_path: Path, upstream: Upstream, client: HttpUpstream
+) -> None:
+    tool = make_tool(tmp_path, f"{upstream.url}/echo/fixed")
+
+    result = await client.call(tool, {}, request_id())
+
+    assert result.is_error is False
+    assert result.structured_content == {"raw_path": "/echo/fixed", "method": "GET"}
+    assert [json.loads(text) for text in texts(result)] == [result.structured_content]
+
+
+async def test_json_array_answer_is_wrapped_as_result(tmp_path: Path, upstream: Upstream, client: HttpUpstream) -> None:
+    tool = make_tool(tmp_path, f"{upstream.url}/list")
+
+    result = await client.call(tool, {}, request_id())
+
+    assert result.structured_content == {"result": [1, "two", None]}
+
+
+async def test_text_answer_becomes_text_content_only(tmp_path: Path, upstream: Upstream, client: HttpUpstream) -> None:
+    tool = make_tool(tmp_path, f"{upstream.url}/text")
+
+    result = await client.call(tool, {}, request_id())
+
+    assert result.structured_content is None
+    assert texts(result) == ["plain answer"]
+
+
+async def test_text_answer_is_decoded_with_its_declared_charset(
+    tmp_path: Path, upstream: Upstream, client: HttpUpstream
+) -> None:
+    tool = make_tool(tmp_path, f"{upstream.url}/latin1")
+
+    result = await client.call(tool, {}, request_id())
+
+    assert texts(result) == ["café"]
+
+
+async def test_request_id_header_reaches_the_upstream(tmp_path: Path, upstream: Upstream, client: HttpUpstream) -> None:
+    tool = make_tool(tmp_path, f"{upstream.url}/echo/id")
+    rid = request_id()
+
+    await client.call(tool, {}, rid)
+
+    [seen] = upstream.requests(rid)
+    assert seen.headers[REQUEST_ID_HEADER.lower()] == rid
+
+
+# --- Path arguments: one percent-encoded segment each ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "segment"),
+    [
+        # characters that would change the request's target
+        pytest.param("a/b", "a%2Fb", id="slash"),
+        pytest.param("../admin", "..%2Fadmin", id="dot-dot-slash"),
+        pytest.param("a?b=c", "a%3Fb%3Dc", id="question-mark"),
+        pytest.param("a#b", "a%23b", id="hash"),
+        pytest.param("a;b", "a%3Bb", id="semicolon"),
+        pytest.param("a\\b", "a%5Cb", id="backslash"),
+        # already-encoded input is encoded again, never decoded
+        pytest.param("100%", "100%25", id="percent"),
+        pytest.param("%2e%2e", "%252e%252e", id="pre-encoded-dot-dot"),
+        pytest.param("a%2Fb", "a%252Fb", id="pre-encoded-slash"),
+        # whitespace, control characters, unicode
+        pytest.param("a b", "a%20b", id="space"),
+        pytest.param("a\r\nb", "a%0D%0Ab", id="crlf"),
+        pytest.param("café", "caf%C3%A9", id="latin"),
+        pytest.param("日本", "%E6%97%A5%E6%9C%AC", id="cjk"),
+        pytest.param("\u0441rm", "%D1%81rm", id="cyrillic"),
+        # dots that are not dot-segments, and scalars that are not strings
+        pytest.param("...", "...", id="three-dots"),
+        pytest.param(".hidden", ".hidden", id="leading-dot"),
+        pytest.param(42, "42", id="int"),
+        pytest.param(1.5, "1.5", id="float"),
+        pytest.param(True, "true", id="bool"),
+    ],
+)
+async def test_path_argument_is_percent_encoded_as_one_segment(
+    tmp_path: Path, upstream: Upstream, client: HttpUpstream, value: Any, segment: str
+) -> None:
+    tool = make_tool(tmp_path, f"{upstream.url}/echo/{{item}}/tail")
+    rid = request_id()
+
+    result = await client.call(tool, {"item": value}, rid)
+
+    [seen] = upstream.requests(rid)
+    assert seen.raw_path == f"/echo/{segment}/tail".encode()
+    assert seen.query == []
+    assert result.structured_content == {"raw_path": f"/echo/{segment}/tail", "method": "GET"}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        # dot-segments and the empty segment
+        pytest.param(".", id="dot"),
+        pytest.param("..", id="dot-dot"),
+        pytest.param("", id="empty"),
+        # not scalars
+        pytest.param({"a": 1}, id="object"),
+        pytest.param(["a", "b"], id="list"),
+        pytest.param(None, id="null"),
+    ],
+)
+async def test_unplaceable_path_argument_is_refused_before_any_request(
+    tmp_path: Path, upstream: Upstream, client: HttpUpstream, value: Any
+) -> None:
+    tool = make_tool(tmp_path, f"{upstream.url}/echo/{{item}}")
+    rid = request_id()
+
+    with pytest.raises(InvalidArgumentsError) as info:
+        await client.call(tool, {"item": value}, rid)
+
+    assert info.value.code == "invalid_arguments"
+    assert info.value.public_detail is not None
+    assert info.value.public_detail.startswith("item:")
+    assert upstream.requests(rid) == []
+
+
+# --- Query, body and headers ----------------------------------------------------------------------------------
+
+
+async def test_query_mapping_sends_scalars_lists_and_skips_absent_arguments(
+    tmp_path: Path, upstream: Upstream, client: HttpUpstream
+) -> None:
+    tool = make_tool(
+        tmp_path,
+        f"{upstream.url}/echo/search",
+        query={"q": "text", "tag": "tags", "active": "active", "n": "limit", "absent": "missing"},
+    )
+    rid = request_id()
+
+    await client.call(tool, {"text": "a b&c=d#e", "tags": ["x", "y/z"], "active": False, "limit": 3}, rid)
+
+    [seen] = upstream.requests(rid)
+    assert seen.raw_path == b"/echo/search"
+    assert sorted(seen.query) == sorted(
+        [("q", "a b&c=d#e"), ("tag", "x"), ("tag", "y/z"), ("active", "false"), ("n", "3")]
+    )
+
+
+async def test_query_list_of_booleans_is_lower_case_like_a_single_boolean(
+    tmp_path: Path, upstream: Upstream, client: HttpUpstream
+) -> None:
+    tool = make_tool(tmp_path, f"{upstream.url}/echo/flags", query={"flag": "flags"})
+    rid = request_id()
+
+    await client.call(tool, {"flags": [True, False]}, rid)
+
+    [seen] = upstream.requests(rid)
+    assert seen.query == [("flag", "true"), ("flag", "false")]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param({"a": 1}, id="object"),
+        pytest.param([{"a": 1}], id="list-of-objects"),
+        pytest.param([["nested"]], id="list-of-lists"),
+        pytest.param(None, id="null"),
+    ],
+)
+async def test_non_scalar_query_argument_is_refused_before_any_request(
+    tmp_path: Path, upstream: Upstream, client: HttpUpstream, value: Any
+) -> None:
+    tool = make_tool(tmp_path, f"{upstream.url}/echo/search", query={"q": "text"})
+    rid = request_id()
+
+    with pytest.raises(InvalidArgumentsError) as info:
+        await client.call(tool, {"text": value}, rid)
+
+    assert info.value.code == "invalid_arguments"
+    assert upstream.requests(rid) == []
+
+
+async def test_body_mapping_sends_only_mapped_arguments_as_json(
+    tmp_path: Path, upstream: Upstream, client: HttpUpstream
+) -> None:
+    tool = make_tool(
+        tmp_path,
+        f"{upstream.url}/echo/tickets",
+        method="POST",
+        body={"customer_id": "customer", "summary": "summary", "meta": "meta", "absent": "missing"},
+    )
+    rid = request_id()
+    arguments = {"customer": "c-1", "summary": "Printer on fire", "meta": {"tags": ["a"], "n": 1}}
+
+    result = await client.call(tool, {**arguments, "unmapped": "never sent"}, rid)
+
+    [seen] = upstream.requests(rid)
+    assert seen.method == "POST"
+    assert seen.headers["content-type"] == "application/json"
+    assert json.loads(seen.body) == {
+        "customer_id": "c-1",
+        "summary": "Printer on fire",
+        "meta": {"tags": ["a"], "n": 1},
+    }
+    assert result.structured_content == {"raw_path": "/echo/tickets", "method": "POST"}
+
+
+async def test_static_headers_reach_the_upstream(tmp_path: Path, upstream: Upstream, client: HttpUpstream) -> None:
+    tool = make_tool(tmp_path, f"{upstream.url}/echo/h", headers={"X-Team": "crm", "Accept": "application/json"})
+    rid = request_id()
+
+    await client.call(tool, {}, rid)
+
+    [seen] = upstream.requests(rid)
+    assert seen.headers["x-team"] == "crm"
+    assert seen.headers["accept"] == "application/json"
+    assert "authorization" not in seen.headers
+
+
+# --- Credentials ----------------------------------------------------------------------------------------------
+
+
+async def test_credential_from_env_reaches_the_upstream(
+    tmp_path: Path, upstream: Upstream, client: HttpUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_UPSTREAM_KEY", "env-secret")
+    tool = make_tool(tmp_path, f"{upstream.url}/echo/c", credential_env="TEST_UPSTREAM_KEY")
+    rid = request_id()
+
+    await client.call(tool, {}, rid)
+
+    [seen] = upstream.requests(rid)
+    assert seen.headers["authorization"] == "Bearer env-secret"
+
+
+async def test_credential_from_file_reaches_the_upstream_in_its_own_header(
+    tmp_path: Path, upstream: Upstream, client: HttpUpstream
+) -> None:
+    secret = tmp_path / "api-key"
+    secret.write_text("file-secret\n", encoding="utf-8")
+    tool = make_tool(
+        tmp_path,
+        f"{upstream.url}/echo/c",
+        credential_file=str(secret),
+        credential_header="X-Api-Key",
+        credential_scheme="",
+    )
+    rid = request_id()
+
+    await client.call(tool, {}, rid)
+
+    [seen] = upstream.requests(rid)
+    assert seen.headers["x-api-key"] == "file-secret"
+    assert "authorization" not in seen.headers
+
+
+@pytest.mark.parametrize("value", [pytest.param(None, id="unset"), pytest.param("", id="empty")])
+async def test_missing_credential_env_is_unavailable_before_any_request(
+    tmp_path: Path, upstream: Upstream, client: HttpUpstream, monkeypatch: pytest.MonkeyPatch, value: str | None
+) -> None:
+    if value is None:
+        monkeypatch.delenv("TEST_UPSTREAM_KEY", raising=False)
+    else:
+        monkeypatch.setenv("TEST_UPSTREAM_KEY", value)
+    tool = make_tool(tmp_path, f"{upstream.url}/echo/c", credential_env="TEST_UPSTREAM_KEY")
+    rid = request_id()
+
+    with pytest.raises(UnavailableError) as info:
+        await client.call(tool, {}, rid)
+
+    assert info.value.code == "unavailable"
+    assert upstream.requests(rid) == []
+
+
+async def test_unreadable_credential_file_is_unavailable_before_any_request(
+    tmp_path: Path, upstream: Upstream, client: HttpUpstream
+) -> None:
+    tool = make_tool(tmp_path, f"{upstream.url}/echo/c", credential_file=str(tmp_path / "no-such-key"))
+    rid = request_id()
+
+    with pytest.raises(UnavailableError) as info:
+        await client.call(tool, {}, rid)
+
+    assert info.value.code == "unavailable"
+    assert upstream.requests(rid) == []
+
+
+# --- Deadlines ------------------------------------------------------------------------------------------------
+
+
+async def test_hanging_upstream_fails_at_the_tool_timeout(
+    tmp_path: Path, upstream: Upstream, client: HttpUpstream
+) -> None:
+    tool = make_tool(tmp_path, f"{upstream.url}/hang", timeout=TIMEOUT)
+    started = time.monotonic()
+
+    with pytest.raises(UpstreamError) as info:
+        await client.call(tool, {}, request_id())
+
+    elapsed = time.monotonic() - started
+    assert info.value.code == "upstream_failed"
+    assert isinstance(info.value.__cause__, TimeoutError)
+    assert TIMEOUT * 0.9 <= elapsed < TIMEOUT + 1.0
+
+
+async def test_dripping_upstream_fails_at_the_total_deadline_not_per_read(
+    tmp_path: Path, upstream: Upstream, client: HttpUpstream
+) -> None:
+    # Every byte arrives well within httpx's per-read timeout; only a total deadline can stop this.
+    tool = make_tool(tmp_path, f"{upstream.url}/drip", timeout=TIMEOUT)
+    started = time.monotonic()
+
+    with pytest.raises(UpstreamError) as info:
+        await client.call(tool, {}, request_id())
+
+    elapsed = time.monotonic() - started
+    assert info.value.code == "upstream_failed"
+    assert isinstance(info.value.__cause__, TimeoutError)
+    assert TIMEOUT * 0.9 <= elapsed < TIMEOUT + 1.0
+
+
+# --- Sizes ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param("/big", id="content-length"),
+        pytest.param("/chunked", id="chunked"),
+        pytest.param("/gzip-bomb", id="gzip-bomb"),
+    ],
+)
+async def test_answer_larger_than_the_cap_fails(
+    tmp_path: Path, upstream: Upstream, client: HttpUpstream, path: str
+) -> None:
+    tool = make_tool(tmp_path, f"{upstream.url}{path}", max_response_bytes=CAP)
+
+    with pytest.raises(UpstreamError) as info:
+        await client.call(tool, {}, request_id())
+
+    assert info.value.code == "upstream_failed"
+    assert info.value.__cause__ is None  # the cap tripped; not a transport or decoding failure
+
+
+def test_gzip_bomb_is_small_on_the_wire() -> None:
+    # The bomb test above is only meaningful if the compressed body is itself well under the inflated cap.
+    assert len(GZIP_BOMB) < 64 * 1024
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param("/until-close", id="no-framing-read-until-close"),
+        pytest.param("/cl-and-chunked", id="small-content-length-beside-chunked"),
+        pytest.param("/short", id="content-length-larger-than-body"),
+    ],
+)
+async def test_answer_whose_framing_lies_cannot_exceed_the_cap(
+    tmp_path: Path, liar: RawServer, client: HttpUpstream, path: str
+) -> None:
+    tool = make_tool(tmp_path, f"{liar.url}{path}", max_response_bytes=CAP)
+
+    with pytest.raises(UpstreamError) as info:
+        await client.call(tool, {}, request_id())
+
+    assert info.value.code == "upstream_failed"
+    assert info.value.__cause__ is None  # the cap tripped; not a transport or decoding failure
+
+
+async def test_answer_at_exactly_the_cap_is_accepted(tmp_path: Path, upstream: Upstream, client: HttpUpstream) -> None:
+    tool = make_tool(tmp_path, f"{upstream.url}/big", max_response_bytes=CAP * 5)
+
+    result = await client.call(tool, {}, request_id())
+
+    assert texts(result) == ["x" * (CAP * 5)]
+
+
+# --- Bad answers ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "cause"),
+    [
+        pytest.param("/bad-json", json.JSONDecodeError, id="invalid-json-with-json-type"),
+        pytest.param("/binary", UnicodeDecodeError, id="not-text"),
+        pytest.param("/status/500", type(None), id="http-500"),
+        pytest.param("/status/404", type(None), id="http-404"),
+        pytest.param("/status/401", type(None), id="http-401"),
+    ],
+)
+async def test_bad_answer_fails_as_upstream_error(
+    tmp_path: Path, upstream: Upstream, client: HttpUpstream, path: str, cause: type[BaseException]
+) -> None:
+    tool = make_tool(tmp_path, f"{upstream.url}{path}")
+    rid = request_id()
+
+    with pytest.raises(UpstreamError) as info:
+        await client.call(tool, {}, rid)
+
+    assert info.value.code == "upstream_failed"
+    assert isinstance(info.value.__cause__, cause)
+    assert len(upstream.requests(rid)) == 1
+
+
+async def test_redirect_is_not_followed_and_is_an_upstream_failure(
+    tmp_path: Path, upstream: Upstream, recorder: RawServer, client: HttpUpstream
+) -> None:
+    # The target is on the allowlist on purpose: it stays unreached because redirects are never followed.
+    tool = make_tool(tmp_path, f"{upstream.url}/redirect", allow=(recorder.url,))
+    before = recorder.connections
+    rid = request_id()
+
+    with pytest.raises(UpstreamError) as info:
+        await client.call(tool, {}, rid)
+
+    assert info.value.code == "upstream_failed"
+    assert len(upstream.requests(rid)) == 1
+    assert recorder.connections == before
+
+
+# --- Egress ---------------------------------------------------------------------------------------------------
+
+
+async def test_url_off_the_allowlist_fails_without_connecting(tmp_path: Path, upstream: Upstream) -> None:
+    with RawServer() as elsewhere:
+        # The catalog was loaded under a wider allowlist than the client's: the client still refuses.
+        tool = make_tool(tmp_path, f"{elsewhere.url}/anything")
+        http = HttpUpstream(EgressSettings(allow=(upstream.url,)))
+        try:
+            with pytest.raises(UpstreamError) as info:
+                await http.call(tool, {}, request_id())
+        finally:
+            await http.aclose()
+
+        assert info.value.code == "upstream_failed"
+        assert isinstance(info.value.__cause__, EgressDeniedError)
+        assert elsewhere.connections == 0
+
+
+async def test_proxy_environment_variables_are_ignored(
+    tmp_path: Path, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with RawServer() as proxy:
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+            monkeypatch.setenv(name, proxy.url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        tool = make_tool(tmp_path, f"{upstream.url}/echo/via")
+        http = HttpUpstream(EgressSettings(allow=(upstream.url,)))
+        rid = request_id()
+        try:
+            result = await http.call(tool, {}, rid)
+        finally:
+            await http.aclose()
+
+        assert result.structured_content == {"raw_path": "/echo/via", "method": "GET"}
+        assert len(upstream.requests(rid)) == 1
+        assert proxy.connections == 0
+
+
+def test_only_json_media_types_are_parsed_as_json() -> None:
+    import httpx
+
+    from mcp_gateway.upstream import _result
+
+    ndjson = httpx.Response(200, headers={"content-type": "application/x-ndjson"}, content=b'{"a":1}\n{"a":2}\n')
+    problem = httpx.Response(200, headers={"content-type": "application/problem+json"}, content=b'{"title":"x"}')
+    assert _result("t", ndjson, ndjson.content).structured_content is None
+    assert _result("t", problem, problem.content).structured_content == {"title": "x"}
