@@ -33,7 +33,7 @@ from mcp_gateway.devkeys import ensure_dev_key
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "mcp-gateway.yaml"
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 120)
 
 INTERNAL_CALLS = [("crm.customer_lookup", {"customer_id": "c-100"}), ("hr.salary_lookup", {"employee_id": "e-7"})]
 PARTNER_CALLS = [("orders.status", {"order_id": "o-1"}), ("crm.customer_lookup", {"customer_id": "c-100"})]
@@ -123,26 +123,27 @@ async def _both(url: str, internal: str, partner: str) -> tuple[AgentReport, Age
 
 def _print_audit(database_url: str, since: float) -> None:
     log = AuditLog(database_url)
-    table = Table("id", "event", "subject", "catalog", "tool", "decision", "rule", "outcome", "ms", title="audit trail")
+    table = Table("#", "event", "subject", "tool", "decision", "rule", "outcome", "ms", title="audit trail")
     cutoff = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(since))
     for row in log.iter_rows(since=cutoff):
         if row["event"] == "gateway.start":
             continue
+        rule = (row["rule"] or "").split(" ", 1)[0]  # "internal.csv:3" of "internal.csv:3 p, role:..."
         table.add_row(
             str(row["id"]),
             row["event"],
             row["subject"] or "",
-            row["catalog"] or "",
             row["tool"] or "",
             row["decision"],
-            (row["rule"] or "")[:48],
+            rule,
             row["outcome"],
             f"{row['latency_ms']:.2f}" if row["latency_ms"] is not None else "",
         )
     log.close()
     console.print(table)
     console.print(
-        "[dim]each row is hash-chained to the one before; `mcp-gateway audit export` streams them as JSONL[/]"
+        "[dim]each row carries the hash of the one before; `mcp-gateway audit export --format jsonl` "
+        "streams them in full (subject, roles, rule text, argument digest, request id)[/]"
     )
 
 

@@ -65,7 +65,7 @@ class MatrixFormat(StrEnum):
 
 def _fail(message: str, code: int = 2) -> NoReturn:
     # Messages quote config values and paths: never let them be read as markup.
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

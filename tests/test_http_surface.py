@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import httpx
 import pytest
 
-from tests.conftest import ISSUER, HttpGateway
+from tests.conftest import ISSUER, Deployment, HttpGateway
 
 INITIALIZE = {
     "jsonrpc": "2.0",
@@ -112,3 +114,28 @@ def test_foreign_host_header_is_refused_against_dns_rebinding(http_gateway: Http
     token = http_gateway.deployment.mint("alice", ("support",), "internal")
     response = post(http_gateway, Host="evil.example:80", Authorization=f"Bearer {token}")
     assert response.status_code == 421
+
+
+@pytest.mark.parametrize(
+    ("folder", "file_name", "content"),
+    [
+        pytest.param("policies", "internal.csv", "p, role:support, internal, crm.*, call, maybe\n", id="bad-policy"),
+        pytest.param("catalogs", "internal.yaml", "tools: [{name: '../x'}]\n", id="bad-catalog"),
+    ],
+)
+def test_gateway_refuses_to_start_on_a_broken_policy_or_catalog(
+    deployment: Deployment, folder: str, file_name: str, content: str
+) -> None:
+    (deployment.root / folder / file_name).write_text(content)
+    result = subprocess.run(
+        [sys.executable, "-m", "mcp_gateway", "serve", "--transport", "streamable-http"],
+        env=deployment.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert file_name in result.stderr
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{deployment.port}/healthz", trust_env=False, timeout=1)

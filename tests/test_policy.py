@@ -537,3 +537,9 @@ def test_compiled_engine_decides_exactly_like_casbin(policy_dir: Path, seed: int
             assert decision.rule == DEFAULT_DENY
         allowed += expected
     assert 0 < allowed < 400  # the corpus exercises both outcomes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(12, 212))
+def test_compiled_engine_decides_exactly_like_casbin_on_a_wide_corpus(policy_dir: Path, seed: int) -> None:
+    test_compiled_engine_decides_exactly_like_casbin(policy_dir, seed)
