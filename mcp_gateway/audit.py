@@ -7,10 +7,18 @@ serialised by the database itself (SQLite ``BEGIN IMMEDIATE``; a transaction-sco
 PostgreSQL), so several processes can share one trail.
 
 If a row cannot be written, :meth:`AuditLog.record` raises :class:`UnavailableError` and the call is refused.
+
+Durability (``audit.durability``): ``process`` (SQLite ``synchronous=NORMAL``: a committed row survives the
+gateway being killed) or ``power`` (``synchronous=FULL``: it survives power loss, at one fsync per commit).
+:meth:`AuditLog.append` is the call path's way in and uses group commit: at ``process`` an idle trail commits
+the row inline on the event loop (about 50 µs, no thread hop); when several callers are waiting, or at
+``power``, their rows go to one transaction run on a worker thread, so one fsync covers many callers. Every
+caller still gets its answer only after its own row is committed, and rows keep one linear chain.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import threading
@@ -19,7 +27,7 @@ from contextlib import suppress
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Engine, create_engine, event, insert, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -28,7 +36,9 @@ from sqlmodel import Field, SQLModel
 
 from mcp_gateway.errors import UnavailableError
 
-__all__ = ["GENESIS", "AuditEntry", "AuditLog", "AuditRecord", "record_hash"]
+__all__ = ["GENESIS", "AuditCheckpoint", "AuditEntry", "AuditLog", "AuditRecord", "Durability", "record_hash"]
+
+Durability = Literal["process", "power"]
 
 GENESIS = "0" * 64
 _PG_LOCK_KEY = 0x6D6370_67776179  # "mcp" "gway": one advisory lock for the chain head
@@ -58,7 +68,21 @@ class AuditRecord(SQLModel, table=True):
     hash: str
 
 
+class AuditCheckpoint(SQLModel, table=True):
+    """A signed statement that the chain's record ``record_id`` had hash ``record_hash`` (see checkpoint.py)."""
+
+    __tablename__ = "audit_checkpoint"
+
+    id: int | None = Field(default=None, primary_key=True)
+    ts: str
+    record_id: int
+    record_hash: str
+    key_id: str
+    signature: str
+
+
 _TABLE = AuditRecord.__table__  # type: ignore[attr-defined]
+_CHECKPOINTS = AuditCheckpoint.__table__  # type: ignore[attr-defined]
 _HASHED = tuple(column.name for column in _TABLE.columns if column.name not in ("id", "hash"))
 
 
@@ -86,6 +110,15 @@ class AuditEntry:
 _ENTRY_FIELDS = tuple(item.name for item in fields(AuditEntry))
 
 
+def _row(entry: AuditEntry) -> dict[str, Any]:
+    row = {name: getattr(entry, name) for name in _ENTRY_FIELDS}
+    row["roles"] = _canonical(list(entry.roles)) if entry.roles is not None else None
+    row["detail"] = _canonical(entry.detail) if entry.detail is not None else None
+    if entry.latency_ms is not None:
+        row["latency_ms"] = round(entry.latency_ms, 3)
+    return row
+
+
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
@@ -95,38 +128,46 @@ def record_hash(row: dict[str, Any]) -> str:
     return hashlib.sha256(_canonical({name: row.get(name) for name in _HASHED}).encode()).hexdigest()
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # pysqlite's implicit BEGIN is deferred, and a deferred transaction that reads the chain head and then
-    # writes can interleave with another writer; the writer issues BEGIN IMMEDIATE instead.
-    dbapi_connection.isolation_level = None  # we issue BEGIN IMMEDIATE ourselves
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.close()
+def _sqlite_pragmas(durability: Durability) -> Callable[[Any, Any], None]:
+    synchronous = "FULL" if durability == "power" else "NORMAL"
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # pysqlite's implicit BEGIN is deferred, and a deferred transaction that reads the chain head and then
+        # writes can interleave with another writer; the writer issues BEGIN IMMEDIATE instead.
+        dbapi_connection.isolation_level = None  # we issue BEGIN IMMEDIATE ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.close()
+
+    return on_connect
 
 
-def _create_engine(url: str) -> Engine:
+def _create_engine(url: str, durability: Durability) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False})
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_pragmas(durability))
         return engine
+    # PostgreSQL keeps its default synchronous_commit=on at both levels: a commit is flushed to the WAL.
     return create_engine(url, pool_pre_ping=True)
 
 
 class AuditLog:
     """Appends rows to the trail and reads them back for the CLI."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, *, durability: Durability = "process", max_batch: int = 256) -> None:
         """Open (and create if needed) the trail.
 
         Raises:
             UnavailableError: the database cannot be reached or the table cannot be created.
         """
-        self._engine = _create_engine(database_url)
+        self.durability: Durability = durability
+        self._max_batch = max_batch
+        self._engine = _create_engine(database_url, durability)
         self._postgres = self._engine.dialect.name == "postgresql"
         dialect = self._engine.dialect
         # The hot path uses the driver directly, so its exceptions arrive untranslated.
@@ -146,8 +187,12 @@ class AuditLog:
         self._ping = select(1)
         self._lock = threading.Lock()
         self._writer: PoolProxiedConnection | None = None
+        # Group commit: rows waiting for the next transaction, and whether a worker is draining them.
+        self._pending: list[tuple[dict[str, Any], asyncio.Future[str]]] = []
+        self._draining: asyncio.AbstractEventLoop | None = None
+        self._drainer: asyncio.Task[None] | None = None
         try:
-            SQLModel.metadata.create_all(self._engine, tables=[_TABLE])
+            SQLModel.metadata.create_all(self._engine, tables=[_TABLE, _CHECKPOINTS])
         except SQLAlchemyError as exc:
             raise UnavailableError(f"audit database unavailable: {type(exc).__name__}: {exc}") from exc
 
@@ -157,24 +202,71 @@ class AuditLog:
         self._engine.dispose()
 
     def record(self, entry: AuditEntry) -> str:
-        """Append one row and commit it; returns the row's hash.
+        """Append one row and commit it, blocking; returns the row's hash. For start-up, reloads and the CLI.
 
         Raises:
             UnavailableError: the row could not be committed. The caller must refuse the call.
         """
-        row = {name: getattr(entry, name) for name in _ENTRY_FIELDS}
-        row["roles"] = _canonical(list(entry.roles)) if entry.roles is not None else None
-        row["detail"] = _canonical(entry.detail) if entry.detail is not None else None
-        if entry.latency_ms is not None:
-            row["latency_ms"] = round(entry.latency_ms, 3)
+        row = _row(entry)
+        self._commit_rows([row])
+        return str(row["hash"])
+
+    async def append(self, entry: AuditEntry) -> str:
+        """Append one row; returns its hash once the row is committed (group commit, see the module docstring).
+
+        Raises:
+            UnavailableError: the row could not be committed. The caller must refuse the call.
+        """
+        row = _row(entry)
+        if self.durability == "process" and self._draining is None and self._lock.acquire(blocking=False):
+            # Fast path: nobody is waiting, so commit now on the loop rather than paying a thread hop.
+            try:
+                self._commit_rows([row], locked=True)
+            finally:
+                self._lock.release()
+            return str(row["hash"])
+        loop = asyncio.get_running_loop()
+        if self._draining is not None and self._draining is not loop:
+            # Another event loop owns the drainer (tests, the CLI): commit on a thread of our own.
+            await asyncio.to_thread(self._commit_rows, [row])
+            return str(row["hash"])
+        future: asyncio.Future[str] = loop.create_future()
+        self._pending.append((row, future))
+        if self._draining is None:
+            self._draining = loop
+            self._drainer = loop.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
         try:
-            with self._lock:
-                return self._append(row)
+            while self._pending:
+                batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+                rows = [row for row, _ in batch]
+                try:
+                    await asyncio.to_thread(self._commit_rows, rows)
+                except UnavailableError as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(UnavailableError(str(exc)))
+                    continue
+                for row, future in batch:
+                    if not future.done():
+                        future.set_result(str(row["hash"]))
+        finally:
+            self._draining = None
+
+    def _commit_rows(self, rows: list[dict[str, Any]], *, locked: bool = False) -> None:
+        try:
+            if locked:
+                self._append(rows)
+            else:
+                with self._lock:
+                    self._append(rows)
         except (SQLAlchemyError, self._driver_error) as exc:
             self._reset_writer()
             raise UnavailableError(f"audit write failed: {type(exc).__name__}: {exc}") from exc
 
-    def _append(self, row: dict[str, Any]) -> str:
+    def _append(self, rows: list[dict[str, Any]]) -> None:
         # The hot path talks to the driver with SQL compiled once at start-up: SQLAlchemy's per-execute
         # bookkeeping costs more than SQLite's own insert and commit (docs/architecture.md has the figures).
         if self._writer is None:
@@ -185,17 +277,22 @@ class AuditLog:
             # Read the head inside the write transaction: another process may have appended since.
             cursor.execute(self._head_sql)
             head = cursor.fetchone()
-            row["ts"] = datetime.now(UTC).isoformat(timespec="microseconds")
-            row["prev_hash"] = head[0] if head else GENESIS
-            row["hash"] = record_hash(row)
-            cursor.execute(self._insert_sql, self._parameters(row))
+            prev = head[0] if head else GENESIS
+            ts = datetime.now(UTC).isoformat(timespec="microseconds")
+            for row in rows:
+                row["ts"] = ts
+                row["prev_hash"] = prev
+                row["hash"] = prev = record_hash(row)
+            if len(rows) == 1:
+                cursor.execute(self._insert_sql, self._parameters(rows[0]))
+            else:
+                cursor.executemany(self._insert_sql, [self._parameters(row) for row in rows])
             self._writer.commit()
         except BaseException:
             self._reset_writer()
             raise
         finally:
             cursor.close()
-        return str(row["hash"])
 
     def _reset_writer(self) -> None:
         writer, self._writer = self._writer, None
@@ -213,6 +310,52 @@ class AuditLog:
         except SQLAlchemyError as exc:
             return f"audit database unavailable: {type(exc).__name__}"
         return None
+
+    def head(self) -> tuple[int, str] | None:
+        """The last record's id and hash, or None for an empty trail."""
+        query = select(_TABLE.c.id, _TABLE.c.hash).order_by(_TABLE.c.id.desc()).limit(1)
+        with self._engine.connect() as connection:
+            found = connection.execute(query).first()
+        return (int(found[0]), str(found[1])) if found else None
+
+    def add_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store a signed checkpoint (see checkpoint.py).
+
+        Raises:
+            UnavailableError: it could not be stored.
+        """
+        values = {key: checkpoint[key] for key in ("ts", "record_id", "record_hash", "key_id", "signature")}
+        try:
+            with self._engine.begin() as connection:
+                connection.execute(insert(_CHECKPOINTS), values)
+        except SQLAlchemyError as exc:
+            raise UnavailableError(f"checkpoint write failed: {type(exc).__name__}: {exc}") from exc
+
+    def checkpoints(self) -> list[dict[str, Any]]:
+        """Every stored checkpoint, oldest first (one per interval: small next to the trail)."""
+        query = select(_CHECKPOINTS).order_by(_CHECKPOINTS.c.id)
+        with self._engine.connect() as connection:
+            return [dict(row) for row in connection.execute(query).mappings()]
+
+    def by_trace(self, trace_id: str) -> list[dict[str, Any]]:
+        """The rows of one trace, in chain order."""
+        query = select(_TABLE).where(_TABLE.c.trace_id == trace_id).order_by(_TABLE.c.id)
+        with self._engine.connect() as connection:
+            return [dict(row) for row in connection.execute(query).mappings()]
+
+    def by_id(self, record_id: int) -> dict[str, Any] | None:
+        """One row by id."""
+        query = select(_TABLE).where(_TABLE.c.id == record_id)
+        with self._engine.connect() as connection:
+            found = connection.execute(query).mappings().first()
+        return dict(found) if found else None
+
+    def last_id(self) -> int:
+        """The last row's id, 0 for an empty trail (about the row count; for progress bars)."""
+        query = select(_TABLE.c.id).order_by(_TABLE.c.id.desc()).limit(1)
+        with self._engine.connect() as connection:
+            last = connection.execute(query).scalar()
+        return int(last or 0)
 
     def tail(self, count: int) -> list[dict[str, Any]]:
         """The last ``count`` rows, oldest first."""

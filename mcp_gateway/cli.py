@@ -7,12 +7,12 @@ configuration exits with status 2 and names the key and why.
 from __future__ import annotations
 
 import csv
-import json
 import sys
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import anyio
 import typer
@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from mcp_gateway import audit_cli
 from mcp_gateway.audit import AuditLog
 from mcp_gateway.catalog import load_catalogs
 from mcp_gateway.config import Settings, load_settings
@@ -56,6 +57,7 @@ class Transport(StrEnum):
 
 class ExportFormat(StrEnum):
     jsonl = "jsonl"
+    cef = "cef"
 
 
 class MatrixFormat(StrEnum):
@@ -256,15 +258,39 @@ def audit_tail(
 def audit_export(
     output: Annotated[ExportFormat, typer.Option("--format")] = ExportFormat.jsonl,
     since: Annotated[str | None, typer.Option(help="ISO 8601 time; rows at or after it.")] = None,
+    bundle: Annotated[
+        Path | None, typer.Option(help="Write a bundle that `audit verify --bundle` checks with no database.")
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Every audit row as JSON lines, streamed, for a SIEM."""
+    """Every audit row as JSON lines or CEF, streamed, for a SIEM; or a verifiable bundle with --bundle."""
+    from mcp_gateway.audit_cli import progress_bar
+    from mcp_gateway.checkpoint import merge_checkpoints, read_checkpoint_file
+    from mcp_gateway.export import cef_line, jsonl_line, write_bundle
+
     cutoff = _utc(since) if since is not None else None
+    settings = _settings(config)
     log = _audit_log(config)
-    write = sys.stdout.write
-    for row in log.iter_rows(cutoff):
-        write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
+    with progress_bar(err, log.last_id(), "exporting") as tick:
+        rows = _ticking(log.iter_rows(cutoff, batch=5000), tick)
+        if bundle is not None:
+            checkpoints = merge_checkpoints(log.checkpoints(), read_checkpoint_file(settings.checkpoint_path))
+            with bundle.open("w", encoding="utf-8") as handle:
+                count = write_bundle(handle, rows, checkpoints, since=cutoff, key_id=None)
+            err.print(f"{count} records and {len(checkpoints)} checkpoints written to {escape(str(bundle))}")
+        else:
+            line = cef_line if output is ExportFormat.cef else jsonl_line
+            write = sys.stdout.write
+            for row in rows:
+                write(line(row))
     log.close()
+
+
+def _ticking(rows: Iterator[dict[str, Any]], tick: Callable[[int], None]) -> Iterator[dict[str, Any]]:
+    for done, row in enumerate(rows, 1):
+        if done % 10_000 == 0:
+            tick(done)
+        yield row
 
 
 def _utc(value: str) -> str:
@@ -276,6 +302,9 @@ def _utc(value: str) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+audit_cli.register(audit_app, _settings, _fail, out, err)
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -21,10 +21,12 @@ from mcp_gateway.errors import ConfigError
 
 __all__ = [
     "DEFAULT_CONFIG",
+    "AuditSettings",
     "EgressSettings",
     "HttpSettings",
     "IdentitySettings",
     "Settings",
+    "TelemetrySettings",
     "load_settings",
 ]
 
@@ -110,6 +112,47 @@ class HttpSettings(_Section):
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
 
+class AuditSettings(_Section):
+    durability: Literal["process", "power"] = Field(
+        default="process",
+        description="process: a record survives the gateway being killed (SQLite synchronous=NORMAL); "
+        "power: it survives power loss too (synchronous=FULL, one fsync per group commit).",
+    )
+    signing_key: Path | None = Field(
+        default=None,
+        description="Ed25519 private key (PEM) that signs checkpoints; keep it outside the database. "
+        "Default <state_dir>/audit-signing.key, created on first use.",
+    )
+    checkpoint_file: Path | None = Field(
+        default=None,
+        description="Signed checkpoints are mirrored here (JSON lines) as well as in the database. "
+        "Default <state_dir>/audit-checkpoints.jsonl; ship it off the host.",
+    )
+    checkpoint_interval: float = Field(default=60.0, gt=0, description="Seconds between checkpoints while serving.")
+    max_batch: int = Field(default=256, ge=1, le=10_000, description="Most records committed in one group commit.")
+
+
+class TelemetrySettings(_Section):
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP base URL of an in-boundary collector (http://host:4318); must be on egress.allow. "
+        "Unset: spans are still made (for trace ids in the audit trail) but not exported.",
+    )
+    service_name: str = "mcp-gateway"
+    detail: Literal["calls", "stages"] = Field(
+        default="calls", description="stages adds one span per pipeline stage (debugging; costs ~30 µs each)."
+    )
+    capture_arguments: bool = Field(
+        default=False, description="Security: puts tool arguments in spans. Off unless you need it."
+    )
+    max_queue_size: int = Field(
+        default=2048, ge=1, le=1_000_000, description="Spans held for export; more are dropped."
+    )
+    export_timeout: float = Field(default=5.0, gt=0, le=60)
+    schedule_delay: float = Field(default=1.0, gt=0, le=60, description="Seconds between span exports.")
+    metric_interval: float = Field(default=15.0, gt=0, description="Seconds between metric exports.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MCP_GATEWAY_", env_nested_delimiter="__", extra="forbid", frozen=True)
 
@@ -123,6 +166,8 @@ class Settings(BaseSettings):
     policy_reload_interval: float = Field(default=2.0, gt=0, description="Seconds between policy/catalog checks.")
     max_argument_bytes: int = Field(default=65_536, ge=256, le=16 * 1024 * 1024)
     max_argument_depth: int = Field(default=32, ge=2, le=256)
+    audit: AuditSettings = AuditSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
 
     @classmethod
     def settings_customise_sources(
@@ -140,7 +185,18 @@ class Settings(BaseSettings):
     def _egress(self) -> Settings:
         if self.identity.jwks_url is not None and not self.egress.permits(self.identity.jwks_url):
             raise ValueError(f"identity.jwks_url {self.identity.jwks_url!r} is not on egress.allow")
+        endpoint = self.telemetry.otlp_endpoint
+        if endpoint is not None and not self.egress.permits(endpoint):
+            raise ValueError(f"telemetry.otlp_endpoint {endpoint!r} is not on egress.allow")
         return self
+
+    @property
+    def signing_key_path(self) -> Path:
+        return self.audit.signing_key or self.state_dir / "audit-signing.key"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.audit.checkpoint_file or self.state_dir / "audit-checkpoints.jsonl"
 
 
 def origin_of(url: str) -> str:
@@ -177,6 +233,11 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     base = config_path.resolve().parent
     for key, default in (("catalogs_dir", "catalogs"), ("policies_dir", "policies"), ("state_dir", ".mcp-gateway")):
         data[key] = _resolve(base, data.get(key, default))
+    audit = data.get("audit")
+    if isinstance(audit, dict):
+        for key in ("signing_key", "checkpoint_file"):
+            if key in audit:
+                audit[key] = _resolve(base, audit[key])
     identity = data.get("identity")
     if isinstance(identity, dict) and "jwks_file" in identity:
         identity["jwks_file"] = _resolve(base, identity["jwks_file"])

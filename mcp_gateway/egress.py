@@ -7,11 +7,15 @@ environment or by an upstream's answer.
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
+import requests
+import requests.adapters
 
 from mcp_gateway.config import EgressSettings
 
-__all__ = ["EgressDeniedError", "guarded_async_client", "guarded_get"]
+__all__ = ["EgressDeniedError", "guarded_async_client", "guarded_get", "guarded_requests_session"]
 
 
 class EgressDeniedError(httpx.RequestError):
@@ -61,3 +65,26 @@ def guarded_get(egress: EgressSettings, url: str, *, timeout: float = 10.0, max_
             if len(body) > max_bytes:
                 raise httpx.DecodingError(f"response from {url} exceeds {max_bytes} bytes")
         return bytes(body)
+
+
+def guarded_requests_session(egress: EgressSettings) -> requests.Session:
+    """A ``requests`` session (the OTLP/HTTP exporter's transport) held to the same rules: allowlisted origins
+    only, no proxy variables or ``.netrc``. The exporter itself never follows redirects."""
+    session = requests.Session()
+    session.trust_env = False
+    session.max_redirects = 0
+    adapter = _GuardedRequestsAdapter(egress)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+class _GuardedRequestsAdapter(requests.adapters.HTTPAdapter):
+    def __init__(self, egress: EgressSettings) -> None:
+        super().__init__(max_retries=0)
+        self._egress = egress
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        if not self._egress.permits(str(request.url)):
+            raise requests.ConnectionError(f"egress to {request.url} is not allowed")
+        return super().send(request, *args, **kwargs)

@@ -39,7 +39,20 @@ from mcp_gateway.errors import (
 )
 from mcp_gateway.identity import Principal
 from mcp_gateway.policy import PolicyEngine
-from mcp_gateway.telemetry import current_trace_id
+from mcp_gateway.telemetry import (
+    ATTR_ARGS_DIGEST,
+    ATTR_CATALOG,
+    ATTR_DECISION,
+    ATTR_POLICY_VERSION,
+    ATTR_REQUEST_ID,
+    ATTR_RULE,
+    ATTR_SUBJECT,
+    ATTR_TOOL_DIGEST,
+    CallTimer,
+    current_span_id,
+    current_trace_id,
+    tracer,
+)
 from mcp_gateway.upstream import HttpUpstream
 
 __all__ = ["Gateway", "ReloadReport", "new_request_id"]
@@ -166,7 +179,9 @@ class Gateway:
             MCPError: the tool is unknown to this caller (or hidden from it), or the refusal could not be audited.
         """
         started = time.perf_counter()
+        timer = CallTimer()
         snapshot = self.policy.snapshot
+        span_id = current_span_id()
         base = AuditEntry(
             event="tools/call",
             decision="deny",
@@ -178,6 +193,7 @@ class Gateway:
             catalog=principal.catalog,
             tool=name,
             policy_version=snapshot.version,
+            detail={"span_id": span_id} if span_id else None,
         )
         arguments = arguments or {}
         tool = self._catalogs.lookup(principal.catalog, name)
@@ -188,32 +204,53 @@ class Gateway:
             base = _with(base, tool_digest=tool.digest)
             decision = snapshot.decide(principal.subject, principal.roles, principal.catalog, name)
             decision_rule = decision.rule
+            timer.mark("policy")
             if not decision.allowed:
                 raise UnknownToolError(f"policy denies {name!r}: {decision.rule}")
             base = _with(base, decision="allow", rule=decision.rule)
             canonical = self._check_arguments(tool, arguments)
             base = _with(base, args_digest=hashlib.sha256(canonical).hexdigest())
+            timer.mark("limits")
             # The decision is on record before the backend is touched.
-            self._audit(_with(base, outcome="started"))
+            await self.audit.append(_with(base, outcome="started"))
+            timer.mark("audit_decision")
             result = await self.upstream.call(tool, arguments, request_id)
+            timer.mark("backend")
         except GatewayError as exc:
-            return self._refuse(_with(base, rule=base.rule or decision_rule), exc, started, request_id)
-        self._audit(_with(base, event="tools/call.result", outcome="ok", latency_ms=_ms(started)))
+            return await self._refuse(_with(base, rule=base.rule or decision_rule), exc, started, request_id, timer)
+        outcome = _with(
+            base,
+            event="tools/call.result",
+            outcome="ok",
+            latency_ms=_ms(started),
+            detail={**(base.detail or {}), "backend": _backend(tool)},
+        )
+        try:
+            await self.audit.append(outcome)
+        except CallError as exc:
+            timer.finish(_span_attributes(outcome), error_type=exc.code, arguments=arguments)
+            raise
+        timer.mark("audit_outcome")
+        timer.finish(_span_attributes(outcome), error_type=None, arguments=arguments)
         return result
 
-    def _refuse(self, entry: AuditEntry, exc: GatewayError, started: float, request_id: str) -> types.CallToolResult:
+    async def _refuse(
+        self, entry: AuditEntry, exc: GatewayError, started: float, request_id: str, timer: CallTimer
+    ) -> types.CallToolResult:
         outcome = _with(
             entry,
             event="tools/call.result" if entry.decision == "allow" and entry.args_digest else "tools/call",
             outcome=exc.code,
             latency_ms=_ms(started),
-            detail={"error": str(exc)},
+            detail={**(entry.detail or {}), "error": str(exc)},
         )
         try:
-            self._audit(outcome)
+            await self.audit.append(outcome)
         except CallError as audit_exc:
             logger.error("audit unavailable; refusing request %s: %s", request_id, audit_exc)
+            timer.finish(_span_attributes(outcome), error_type=audit_exc.code)
             return to_call_result(audit_exc, request_id)
+        timer.finish(_span_attributes(outcome), error_type=exc.code)
         if isinstance(exc, RequestError):
             raise to_mcp_error(exc, request_id) from exc
         assert isinstance(exc, CallError)  # noqa: S101 - the tree has exactly these two kinds of refusal
@@ -284,6 +321,13 @@ class Gateway:
     def _audit_change(
         self, event: str, actor: str, ok: bool, *, old: str, new: str | None, detail: dict[str, Any]
     ) -> None:
+        # A change is not part of any request: it gets a trace of its own, so its row has a trace id too.
+        with tracer.start_as_current_span(event, attributes={"mcp_gateway.actor": actor}):
+            self._record_change(event, actor, ok, old=old, new=new, detail=detail)
+
+    def _record_change(
+        self, event: str, actor: str, ok: bool, *, old: str, new: str | None, detail: dict[str, Any]
+    ) -> None:
         self._audit(
             AuditEntry(
                 event=event,
@@ -309,6 +353,25 @@ def _catalog_diff(old: CatalogSet, new: CatalogSet) -> dict[str, Any]:
             "changed": sorted(tool for tool in set(before) & set(after) if before[tool] != after[tool]),
         }
     return {"catalogs": diff}
+
+
+def _span_attributes(entry: AuditEntry) -> dict[str, Any]:
+    return {
+        ATTR_DECISION: entry.decision,
+        ATTR_RULE: entry.rule,
+        ATTR_CATALOG: entry.catalog,
+        ATTR_SUBJECT: entry.subject,
+        ATTR_POLICY_VERSION: entry.policy_version,
+        ATTR_REQUEST_ID: entry.request_id,
+        ATTR_TOOL_DIGEST: entry.tool_digest,
+        ATTR_ARGS_DIGEST: entry.args_digest,
+    }
+
+
+def _backend(tool: ToolSpec) -> dict[str, Any]:
+    """What the audit trail says about the backend request: the template, never the filled-in URL or a secret."""
+    backend = tool.backend
+    return {"type": "http", "method": backend.method, "url": backend.url}
 
 
 def _with(entry: AuditEntry, **changes: Any) -> AuditEntry:

@@ -39,13 +39,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_gateway import __version__
 from mcp_gateway.audit import AuditEntry, AuditLog
+from mcp_gateway.checkpoint import Checkpointer, Signer
 from mcp_gateway.config import Settings, origin_of
 from mcp_gateway.egress import guarded_get
 from mcp_gateway.errors import GatewayError, UnauthenticatedError, to_mcp_error
 from mcp_gateway.gateway import Gateway, new_request_id
 from mcp_gateway.identity import JwtVerifier, Principal, load_jwks, principal_from
 from mcp_gateway.policy import PolicyEngine
-from mcp_gateway.telemetry import current_trace_id
+from mcp_gateway.telemetry import current_trace_id, setup_telemetry, tracer
 from mcp_gateway.upstream import HttpUpstream
 
 __all__ = ["TOKEN_ENV", "TOKEN_FILE_ENV", "build_app", "build_gateway", "build_server", "build_verifier", "serve_stdio"]
@@ -76,20 +77,32 @@ def build_gateway(settings: Settings) -> Gateway:
         UnavailableError: the audit database cannot be opened.
     """
     policy = PolicyEngine(settings.policies_dir)
-    audit = AuditLog(settings.database_url)
+    audit = AuditLog(settings.database_url, durability=settings.audit.durability, max_batch=settings.audit.max_batch)
     gateway = Gateway(settings, audit=audit, policy=policy, upstream=HttpUpstream(settings.egress))
-    audit.record(
-        AuditEntry(
-            event="gateway.start",
-            decision="allow",
-            outcome="ok",
-            request_id=new_request_id(),
-            subject="gateway",
-            policy_version=policy.snapshot.version,
-            detail={"version": __version__, "catalogs_digest": gateway.catalogs.version},
+    with tracer.start_as_current_span("gateway.start"):
+        audit.record(
+            AuditEntry(
+                event="gateway.start",
+                decision="allow",
+                outcome="ok",
+                request_id=new_request_id(),
+                trace_id=current_trace_id(),
+                subject="gateway",
+                policy_version=policy.snapshot.version,
+                detail={"version": __version__, "catalogs_digest": gateway.catalogs.version},
+            )
         )
-    )
     return gateway
+
+
+def build_checkpointer(settings: Settings, gateway: Gateway) -> Checkpointer:
+    """The checkpoint signer, with its key loaded (or created) now so a bad key stops the start.
+
+    Raises:
+        ConfigError: the signing key cannot be loaded.
+    """
+    signer = Signer.load_or_create(settings.signing_key_path)
+    return Checkpointer(gateway.audit, signer, settings.checkpoint_path)
 
 
 def build_server(gateway: Gateway, principal: PrincipalSource) -> Server[Any]:
@@ -233,7 +246,9 @@ def _security(settings: Settings) -> tuple[TransportSecuritySettings, frozenset[
     return security, frozenset(origins)
 
 
-def build_app(settings: Settings, gateway: Gateway, verifier: JwtVerifier) -> Starlette:
+def build_app(
+    settings: Settings, gateway: Gateway, verifier: JwtVerifier, checkpointer: Checkpointer | None = None
+) -> Starlette:
     """One Starlette app: ``/mcp`` (streamable HTTP), ``/sse`` + ``/messages/`` (SSE), RFC 9728 metadata,
     ``/healthz`` and ``/readyz``. Every MCP route requires a valid bearer token."""
     server = build_server(gateway, http_principal)
@@ -256,7 +271,7 @@ def build_app(settings: Settings, gateway: Gateway, verifier: JwtVerifier) -> St
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with manager.run(), _reloading(gateway):
+        async with manager.run(), _reloading(gateway), _checkpointing(settings, checkpointer):
             yield
         await gateway.upstream.aclose()
 
@@ -304,6 +319,17 @@ async def _reloading(gateway: Gateway) -> AsyncIterator[None]:
             group.cancel_scope.cancel()
 
 
+@contextlib.asynccontextmanager
+async def _checkpointing(settings: Settings, checkpointer: Checkpointer | None) -> AsyncIterator[None]:
+    """Sign the chain head at start, every ``audit.checkpoint_interval`` seconds, and at shutdown."""
+    if checkpointer is None:
+        yield
+        return
+    checkpointer.sign_now()
+    async with checkpointer.running(settings.audit.checkpoint_interval):
+        yield
+
+
 # -- stdio ------------------------------------------------------------------------------------------------
 
 
@@ -328,26 +354,35 @@ def stdio_principal(verifier: JwtVerifier, environ: Mapping[str, str] = os.envir
 
 async def serve_stdio(settings: Settings) -> None:
     """Serve one client over stdin/stdout until it disconnects."""
+    telemetry = setup_telemetry(settings)
     verifier = build_verifier(settings)
     gateway = build_gateway(settings)
+    checkpointer = build_checkpointer(settings, gateway)
     server = build_server(gateway, stdio_principal(verifier))
     try:
-        async with stdio_server() as (read_stream, write_stream), _reloading(gateway):
+        async with (
+            stdio_server() as (read_stream, write_stream),
+            _reloading(gateway),
+            _checkpointing(settings, checkpointer),
+        ):
             await server.run(read_stream, write_stream, server.create_initialization_options())
     finally:
         await gateway.upstream.aclose()
         gateway.audit.close()
+        telemetry.shutdown()
 
 
 async def run_http(settings: Settings) -> None:
     """Serve HTTP with uvicorn on ``settings.http.host:port``."""
     import uvicorn
 
+    telemetry = setup_telemetry(settings)
     verifier = build_verifier(settings)
     gateway = build_gateway(settings)
-    app = build_app(settings, gateway, verifier)
+    app = build_app(settings, gateway, verifier, build_checkpointer(settings, gateway))
     config = uvicorn.Config(app, host=settings.http.host, port=settings.http.port, log_level="warning")
     try:
         await uvicorn.Server(config).serve()
     finally:
         gateway.audit.close()
+        telemetry.shutdown()

@@ -17,11 +17,13 @@ from urllib.parse import quote
 import anyio
 import httpx
 import mcp_types as types
+from opentelemetry.trace import Span, SpanKind
 
 from mcp_gateway.catalog import HttpBackend, ToolSpec
 from mcp_gateway.config import EgressSettings
 from mcp_gateway.egress import EgressDeniedError, guarded_async_client
-from mcp_gateway.errors import InvalidArgumentsError, UnavailableError, UpstreamError
+from mcp_gateway.errors import GatewayError, InvalidArgumentsError, UnavailableError, UpstreamError
+from mcp_gateway.telemetry import fail_span, inject_traceparent, tracer
 
 __all__ = ["REQUEST_ID_HEADER", "HttpUpstream"]
 
@@ -120,6 +122,26 @@ class HttpUpstream:
         """
         backend = tool.backend
         request = self.build_request(tool, arguments, request_id)
+        # A CLIENT child span where the time goes; its name and attributes carry the URL template, never the
+        # filled-in URL (path and query hold arguments).
+        attributes: dict[str, str | int] = {
+            "http.request.method": backend.method,
+            "server.address": request.url.host,
+            "server.port": request.url.port or (443 if request.url.scheme == "https" else 80),
+            "url.template": backend.url,
+        }
+        with tracer.start_as_current_span(
+            f"{backend.method} {backend.url}", kind=SpanKind.CLIENT, attributes=attributes, record_exception=False
+        ) as span:
+            inject_traceparent(request.headers)
+            try:
+                return await self._send(tool, request, span)
+            except GatewayError as exc:
+                fail_span(span, exc.code)
+                raise
+
+    async def _send(self, tool: ToolSpec, request: httpx.Request, span: Span) -> types.CallToolResult:
+        backend = tool.backend
         body = bytearray()
         with map_upstream_errors(tool.name):
             # A total deadline: httpx's timeouts are per operation, so a server dripping bytes could hold the call.
@@ -135,6 +157,7 @@ class HttpUpstream:
                             raise UpstreamError(f"{tool.name}: response exceeds {backend.max_response_bytes} bytes")
                 finally:
                     await response.aclose()
+        span.set_attribute("http.response.status_code", response.status_code)
         if not response.is_success:
             # 3xx included: redirects are never followed, and a redirect's body is not the tool's answer.
             raise UpstreamError(f"{tool.name}: upstream answered HTTP {response.status_code}")

@@ -1,0 +1,253 @@
+"""``mcp-gateway audit verify | checkpoint | trace``: prove the trail intact, and tell the story of one call.
+
+``verify`` checks every record and every signed checkpoint, streamed (flat memory on any size), and names the
+first bad record; it exits 0 only when everything is intact. ``--bundle`` checks an exported bundle with no
+database at all. ``trace TRACE_ID`` prints everything the trail holds about one call; ``trace --change ID``
+does the same for a configuration change.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from mcp_gateway.audit import AuditLog, record_hash
+from mcp_gateway.checkpoint import Checkpointer, Signer, load_public_key, merge_checkpoints, read_checkpoint_file
+from mcp_gateway.config import Settings
+from mcp_gateway.errors import ConfigError, GatewayError
+from mcp_gateway.export import open_bundle
+from mcp_gateway.verify import VerifyReport, verify_records
+
+__all__ = ["PROGRESS_THRESHOLD", "register"]
+
+PROGRESS_THRESHOLD = 10_000  # trails at least this long show a progress bar on stderr
+
+SettingsLoader = Callable[[Path | None], Settings]
+Fail = Callable[..., NoReturn]
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Config file (default: $MCP_GATEWAY_CONFIG or mcp-gateway.yaml)."),
+]
+
+
+def progress_bar(console: Console, total: int | None, what: str) -> AbstractContextManager[Callable[[int], None]]:
+    """A rich progress bar on ``console`` for long jobs; a no-op below :data:`PROGRESS_THRESHOLD`."""
+    if total is None or total < PROGRESS_THRESHOLD:
+        return nullcontext(lambda _done: None)
+    return _Bar(console, total, what)
+
+
+class _Bar:
+    def __init__(self, console: Console, total: int, what: str) -> None:
+        self.progress = Progress(
+            TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True
+        )
+        self.task = self.progress.add_task(what, total=total)
+
+    def __enter__(self) -> Callable[[int], None]:
+        self.progress.start()
+        return lambda done: self.progress.update(self.task, completed=done)
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+
+def register(app: typer.Typer, settings: SettingsLoader, fail: Fail, out: Console, err: Console) -> None:
+    """Add the verify, checkpoint and trace commands to the ``audit`` command group."""
+
+    def open_log(config: Path | None) -> tuple[Settings, AuditLog]:
+        loaded = settings(config)
+        try:
+            return loaded, AuditLog(loaded.database_url)
+        except GatewayError as exc:
+            fail(str(exc), code=1)
+
+    @app.command("verify")
+    def audit_verify(
+        bundle: Annotated[Path | None, typer.Option(help="Verify this exported bundle; no database needed.")] = None,
+        public_key: Annotated[
+            Path | None, typer.Option(help="Checkpoint public key (PEM). Default: audit.signing_key's public half.")
+        ] = None,
+        config: ConfigOption = None,
+    ) -> None:
+        """Check every record and signed checkpoint; name the first bad record. Exit 0 only if all is intact."""
+        loaded = settings(config) if bundle is None or public_key is None else None
+        key_path = public_key or (loaded.signing_key_path.with_suffix(".pub") if loaded else None)
+        if key_path is not None and not key_path.exists() and loaded is not None:
+            key_path = loaded.signing_key_path
+        try:
+            key = load_public_key(key_path) if key_path is not None else None
+        except ConfigError as exc:
+            fail(str(exc))
+        assert key is not None  # noqa: S101 - a key path always exists here
+        if bundle is not None:
+            try:
+                opened = open_bundle(bundle)
+            except ConfigError as exc:
+                fail(str(exc))
+            with progress_bar(err, None, "verifying") as tick:
+                report = verify_records(
+                    opened.records(), opened.checkpoints, key, partial=bool(opened.header.get("since")), progress=tick
+                )
+            extra = opened.problems
+            source = f"bundle {bundle}"
+        else:
+            assert loaded is not None  # noqa: S101
+            try:
+                log = AuditLog(loaded.database_url)
+            except GatewayError as exc:
+                fail(str(exc), code=1)
+            checkpoints = merge_checkpoints(log.checkpoints(), read_checkpoint_file(loaded.checkpoint_path))
+            with progress_bar(err, log.last_id(), "verifying") as tick:
+                report = verify_records(log.iter_rows(batch=5000), checkpoints, key, progress=tick)
+            log.close()
+            extra = []
+            source = "database"
+        _print_report(out, report, extra, source)
+        raise typer.Exit(0 if report.ok and not extra else 1)
+
+    @app.command("checkpoint")
+    def audit_checkpoint(config: ConfigOption = None) -> None:
+        """Sign the current chain head now (the gateway also does this periodically and at shutdown)."""
+        loaded, log = open_log(config)
+        try:
+            signer = Signer.load_or_create(loaded.signing_key_path)
+            checkpoint = Checkpointer(log, signer, loaded.checkpoint_path).sign_now()
+        except GatewayError as exc:
+            fail(str(exc), code=1)
+        finally:
+            log.close()
+        if checkpoint is None:
+            out.print("nothing to sign: the trail is empty")
+        else:
+            out.print(Text(f"signed record {checkpoint['record_id']} ({checkpoint['record_hash'][:16]}…)"))
+
+    @app.command("trace")
+    def audit_trace(
+        trace_id: Annotated[str | None, typer.Argument(help="The 32-hex-digit trace id of a call.")] = None,
+        change: Annotated[int | None, typer.Option("--change", help="A config-change record's id.")] = None,
+        config: ConfigOption = None,
+    ) -> None:
+        """The whole story of one call (by trace id) or one configuration change (by record id)."""
+        if (trace_id is None) == (change is None):
+            fail("give either a TRACE_ID or --change ID")
+        _, log = open_log(config)
+        try:
+            if change is not None:
+                row = log.by_id(change)
+                if row is None or not str(row["event"]).startswith(("policy.", "catalog.", "models.")):
+                    fail(f"record {change} is not a configuration change", code=1)
+                _print_change(out, row)
+            else:
+                assert trace_id is not None  # noqa: S101
+                rows = log.by_trace(trace_id.strip().lower())
+                if not rows:
+                    fail(f"no audit record carries trace id {trace_id}", code=1)
+                _print_story(out, trace_id, rows)
+        finally:
+            log.close()
+
+
+def _print_report(out: Console, report: VerifyReport, extra: list[str], source: str) -> None:
+    def say(text: Text) -> None:
+        out.print(text, soft_wrap=True)
+
+    span = f"records {report.first_id}..{report.last_id}" if report.records else "no records"
+    say(Text(f"{source}: {report.records} records ({span}), {report.checkpoints_valid} valid checkpoints"))
+    if report.ok and not extra:
+        say(Text(f"OK: every hash and link verifies; {report.checkpoints_matched} checkpoints match", "green"))
+        if report.unsigned_tail:
+            say(Text(f"{report.unsigned_tail} records after the last checkpoint are chained but not yet signed"))
+        return
+    first = report.first_problem
+    if first is not None:
+        where = f"record {first.record_id}" if first.record_id is not None else "trail"
+        say(Text(f"FAILED: first bad {where} [{first.kind}]", "bold red"))
+    for problem in report.problems:
+        say(Text(f"  {problem.kind}: {problem.message}"))
+    if report.more_problems:
+        say(Text(f"  ... and {report.more_problems} more"))
+    for message in extra:
+        say(Text(f"  bundle: {message}"))
+
+
+def _detail(row: dict[str, Any]) -> dict[str, Any]:
+    try:
+        value = json.loads(row["detail"]) if row.get("detail") else {}
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _pairs(rows: Iterable[tuple[str, Any]]) -> Iterator[tuple[Text, Text]]:
+    for key, value in rows:
+        if value not in (None, "", [], {}):
+            yield Text(key, "bold"), Text(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+
+
+def _print_story(out: Console, trace_id: str, rows: list[dict[str, Any]]) -> None:
+    first, last = rows[0], rows[-1]
+    details = [_detail(row) for row in rows]
+    error = next((d["error"] for d in details if "error" in d), None)
+    backend = next((d["backend"] for d in details if "backend" in d), None)
+    table = Table(show_header=False, title=f"trace {trace_id}", title_justify="left", expand=False)
+    roles = json.loads(first["roles"]) if first.get("roles") else []
+    for key, value in _pairs(
+        [
+            ("identity", f"{first['subject'] or '(unauthenticated)'}  roles {', '.join(roles) or '-'}"),
+            ("catalog", first["catalog"]),
+            ("tool", f"{first['tool']}  definition {str(first['tool_digest'] or '')[:16]}"),
+            ("decision", f"{first['decision']} by {first['rule']}"),
+            ("policy version", first["policy_version"]),
+            ("limits", f"arguments accepted, sha256 {first['args_digest']}" if first["args_digest"] else None),
+            ("backend request", backend),
+            ("result", f"{last['outcome']}" + (f"  ({error})" if error else "")),
+            ("latency", f"{last['latency_ms']} ms" if last["latency_ms"] is not None else None),
+            ("request id", first["request_id"]),
+            ("span ids", sorted({d["span_id"] for d in details if "span_id" in d})),
+        ]
+    ):
+        table.add_row(key, value)
+    out.print(table)
+    _print_records(out, rows)
+
+
+def _print_records(out: Console, rows: list[dict[str, Any]]) -> None:
+    records = Table("record", "time", "event", "outcome", "hash", "prev", "rehashes", title="audit records")
+    for row in rows:
+        intact = "yes" if record_hash(row) == row["hash"] else "NO"
+        cells = (str(row["id"]), row["ts"], row["event"], row["outcome"], row["hash"][:16], row["prev_hash"][:16])
+        records.add_row(*(Text(cell) for cell in cells), Text(intact, "green" if intact == "yes" else "bold red"))
+    out.print(records)
+
+
+def _print_change(out: Console, row: dict[str, Any]) -> None:
+    detail = _detail(row)
+    table = Table(show_header=False, title=f"configuration change {row['id']}", title_justify="left")
+    summary = {key: value for key, value in detail.items() if key not in ("old_digest", "new_digest", "span_id")}
+    for key, value in _pairs(
+        [
+            ("what", row["event"]),
+            ("actor", row["subject"]),
+            ("accepted", "yes" if row["outcome"] == "ok" else f"no ({row['outcome']})"),
+            ("when", row["ts"]),
+            ("old digest", detail.get("old_digest")),
+            ("new digest", detail.get("new_digest")),
+            ("policy version after", row["policy_version"]),
+            *((f"change: {key}", value) for key, value in summary.items()),
+            ("trace id", row["trace_id"]),
+        ]
+    ):
+        table.add_row(key, value)
+    out.print(table)
+    _print_records(out, [row])

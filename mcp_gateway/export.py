@@ -1,0 +1,187 @@
+"""Audit export: JSON lines and CEF for a SIEM, and a self-contained bundle that verifies with no database.
+
+All three stream: rows are read in batches and written one line at a time.
+
+A bundle is JSON lines: a header, the signed checkpoints, every record, and a trailer with the record count::
+
+    {"bundle": "mcp-gateway-audit", "version": 1, "exported_at": ..., "since": ..., "key_id": ...}
+    {"checkpoint": {"ts": ..., "record_id": ..., "record_hash": ..., "key_id": ..., "signature": ...}}
+    {"record": {"id": 1, "ts": ..., ..., "prev_hash": ..., "hash": ...}}
+    {"end": {"records": 1234}}
+
+It carries no key: the verifier brings the public key it trusts (``audit verify --bundle B --public-key K``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from mcp_gateway import __version__
+from mcp_gateway.checkpoint import CHECKPOINT_FIELDS
+from mcp_gateway.errors import ConfigError
+
+__all__ = ["BUNDLE_MAGIC", "Bundle", "cef_line", "jsonl_line", "open_bundle", "write_bundle"]
+
+BUNDLE_MAGIC = "mcp-gateway-audit"
+
+_SEVERITY = {"allow": 3, "deny": 6, "error": 8}
+
+
+def jsonl_line(row: dict[str, Any]) -> str:
+    return json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def _cef_header(value: Any) -> str:
+    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def _cef_value(value: Any) -> str:
+    text = str(value).replace("\\", "\\\\").replace("=", "\\=")
+    return text.replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def cef_line(row: dict[str, Any]) -> str:
+    """One row in ArcSight Common Event Format (CEF:0). Header pipes and extension ``=`` are escaped, and no
+    caller-supplied text can start a new line."""
+    decision = str(row.get("decision") or "")
+    timestamp = datetime.fromisoformat(str(row["ts"]))
+    extensions = {
+        "rt": int(timestamp.timestamp() * 1000),
+        "externalId": row.get("id"),
+        "suser": row.get("subject"),
+        "act": decision,
+        "outcome": row.get("outcome"),
+        "reason": row.get("rule"),
+        "requestClientApplication": row.get("catalog"),
+        "cs1Label": "tool",
+        "cs1": row.get("tool"),
+        "cs2Label": "requestId",
+        "cs2": row.get("request_id"),
+        "cs3Label": "traceId",
+        "cs3": row.get("trace_id"),
+        "cs4Label": "policyVersion",
+        "cs4": row.get("policy_version"),
+        "cs5Label": "argsDigest",
+        "cs5": row.get("args_digest"),
+        "cs6Label": "recordHash",
+        "cs6": row.get("hash"),
+        "cn1Label": "latencyMs",
+        "cn1": row.get("latency_ms"),
+    }
+    extension = " ".join(f"{key}={_cef_value(value)}" for key, value in extensions.items() if value is not None)
+    header = "|".join(
+        _cef_header(part)
+        for part in (
+            "CEF:0",
+            "mcp-gateway",
+            "mcp-gateway",
+            __version__,
+            row.get("event"),
+            f"{row.get('event')} {decision}",
+            _SEVERITY.get(decision, 5),
+        )
+    )
+    return f"{header}|{extension}\n"
+
+
+def write_bundle(
+    out: IO[str],
+    rows: Iterable[dict[str, Any]],
+    checkpoints: Iterable[dict[str, Any]],
+    *,
+    since: str | None,
+    key_id: str | None,
+) -> int:
+    """Write a bundle to ``out``; returns how many records it holds."""
+    header = {
+        "bundle": BUNDLE_MAGIC,
+        "version": 1,
+        "exported_at": datetime.now(UTC).isoformat(timespec="microseconds"),
+        "since": since,
+        "key_id": key_id,
+    }
+    out.write(json.dumps(header, sort_keys=True) + "\n")
+    for checkpoint in checkpoints:
+        out.write(json.dumps({"checkpoint": {k: checkpoint[k] for k in CHECKPOINT_FIELDS}}, sort_keys=True) + "\n")
+    count = 0
+    for row in rows:
+        out.write(json.dumps({"record": row}, sort_keys=True, ensure_ascii=False) + "\n")
+        count += 1
+    out.write(json.dumps({"end": {"records": count}}) + "\n")
+    return count
+
+
+@dataclass
+class Bundle:
+    """An opened bundle: header and checkpoints read, records streamed by :meth:`records`."""
+
+    path: Path
+    header: dict[str, Any]
+    checkpoints: list[dict[str, Any]]
+    _handle: IO[str]
+    _pending: str | None
+    problems: list[str] = field(default_factory=list)
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """Every record in file order; a malformed line or a missing or wrong trailer is noted in ``problems``."""
+        count = 0
+        ended = False
+        line = self._pending
+        number = len(self.checkpoints) + 2
+        while line is not None:
+            if line.strip():
+                item = _parse(line)
+                if ended:
+                    self.problems.append(f"line {number}: content after the end marker")
+                elif item is not None and isinstance(item.get("record"), dict):
+                    count += 1
+                    yield item["record"]
+                elif item is not None and isinstance(item.get("end"), dict):
+                    ended = True
+                    if item["end"].get("records") != count:
+                        self.problems.append(f"end marker says {item['end'].get('records')} records, found {count}")
+                else:
+                    self.problems.append(f"line {number}: not a record")
+            line = self._handle.readline() or None
+            number += 1
+        if not ended:
+            self.problems.append("no end marker: the bundle was truncated")
+        self._handle.close()
+
+
+def _parse(line: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def open_bundle(path: Path) -> Bundle:
+    """Open a bundle and read its header and checkpoints.
+
+    Raises:
+        ConfigError: the file cannot be read or is not a bundle.
+    """
+    try:
+        handle = path.open(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    header = _parse(handle.readline())
+    if header is None or header.get("bundle") != BUNDLE_MAGIC or header.get("version") != 1:
+        handle.close()
+        raise ConfigError(f"{path}: not an mcp-gateway audit bundle (version 1)")
+    checkpoints: list[dict[str, Any]] = []
+    line = handle.readline()
+    while line:
+        item = _parse(line)
+        if item is None or not isinstance(item.get("checkpoint"), dict):
+            break
+        checkpoints.append(item["checkpoint"])
+        line = handle.readline()
+    return Bundle(path, header, checkpoints, handle, line or None)
