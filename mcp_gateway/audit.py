@@ -110,6 +110,23 @@ class AuditEntry:
 _ENTRY_FIELDS = tuple(item.name for item in fields(AuditEntry))
 
 
+@dataclass(slots=True)
+class _Waiter:
+    row: dict[str, Any]
+    future: asyncio.Future[str]
+    loop: asyncio.AbstractEventLoop
+
+
+def _settle(waiters: list[_Waiter], failure: UnavailableError | None) -> None:
+    for waiter in waiters:
+        if waiter.future.done():
+            continue  # the caller was cancelled; its row is committed (or not) all the same
+        if failure is None:
+            waiter.future.set_result(str(waiter.row["hash"]))
+        else:
+            waiter.future.set_exception(UnavailableError(str(failure)))
+
+
 def _row(entry: AuditEntry) -> dict[str, Any]:
     row = {name: getattr(entry, name) for name in _ENTRY_FIELDS}
     row["roles"] = _canonical(list(entry.roles)) if entry.roles is not None else None
@@ -188,15 +205,21 @@ class AuditLog:
         self._lock = threading.Lock()
         self._writer: PoolProxiedConnection | None = None
         # Group commit: rows waiting for the next transaction, and whether a worker is draining them.
-        self._pending: list[tuple[dict[str, Any], asyncio.Future[str]]] = []
-        self._draining: asyncio.AbstractEventLoop | None = None
-        self._drainer: asyncio.Task[None] | None = None
+        self._pending: list[_Waiter] = []
+        self._wakeup = threading.Condition()
+        self._committer: threading.Thread | None = None
+        self._closing = False
         try:
             SQLModel.metadata.create_all(self._engine, tables=[_TABLE, _CHECKPOINTS])
         except SQLAlchemyError as exc:
             raise UnavailableError(f"audit database unavailable: {type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
+        with self._wakeup:
+            self._closing = True
+            self._wakeup.notify_all()
+        if self._committer is not None:
+            self._committer.join(timeout=30)
         with self._lock:
             self._reset_writer()
         self._engine.dispose()
@@ -218,7 +241,7 @@ class AuditLog:
             UnavailableError: the row could not be committed. The caller must refuse the call.
         """
         row = _row(entry)
-        if self.durability == "process" and self._draining is None and self._lock.acquire(blocking=False):
+        if self.durability == "process" and not self._pending and self._lock.acquire(blocking=False):
             # Fast path: nobody is waiting, so commit now on the loop rather than paying a thread hop.
             try:
                 self._commit_rows([row], locked=True)
@@ -226,34 +249,37 @@ class AuditLog:
                 self._lock.release()
             return str(row["hash"])
         loop = asyncio.get_running_loop()
-        if self._draining is not None and self._draining is not loop:
-            # Another event loop owns the drainer (tests, the CLI): commit on a thread of our own.
-            await asyncio.to_thread(self._commit_rows, [row])
-            return str(row["hash"])
         future: asyncio.Future[str] = loop.create_future()
-        self._pending.append((row, future))
-        if self._draining is None:
-            self._draining = loop
-            self._drainer = loop.create_task(self._drain())
+        with self._wakeup:
+            if self._closing:
+                raise UnavailableError("audit trail is closed")
+            self._pending.append(_Waiter(row, future, loop))
+            if self._committer is None:
+                self._committer = threading.Thread(target=self._commit_loop, name="audit-group-commit", daemon=True)
+                self._committer.start()
+            self._wakeup.notify()
         return await future
 
-    async def _drain(self) -> None:
-        try:
-            while self._pending:
+    def _commit_loop(self) -> None:
+        """The group-commit thread: whatever is waiting when a commit ends goes into the next transaction."""
+        while True:
+            with self._wakeup:
+                while not self._pending and not self._closing:
+                    self._wakeup.wait()
+                if not self._pending:
+                    return
                 batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
-                rows = [row for row, _ in batch]
-                try:
-                    await asyncio.to_thread(self._commit_rows, rows)
-                except UnavailableError as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(UnavailableError(str(exc)))
-                    continue
-                for row, future in batch:
-                    if not future.done():
-                        future.set_result(str(row["hash"]))
-        finally:
-            self._draining = None
+            failure: UnavailableError | None = None
+            try:
+                self._commit_rows([waiter.row for waiter in batch])
+            except UnavailableError as exc:
+                failure = exc
+            by_loop: dict[asyncio.AbstractEventLoop, list[_Waiter]] = {}
+            for waiter in batch:
+                by_loop.setdefault(waiter.loop, []).append(waiter)
+            for loop, waiters in by_loop.items():
+                with suppress(RuntimeError):  # that loop has closed: nobody is waiting any more
+                    loop.call_soon_threadsafe(_settle, waiters, failure)
 
     def _commit_rows(self, rows: list[dict[str, Any]], *, locked: bool = False) -> None:
         try:

@@ -41,6 +41,7 @@ __all__ = [
     "ATTR_ARGUMENTS",
     "ATTR_CATALOG",
     "ATTR_DECISION",
+    "ATTR_ERROR_CODE",
     "ATTR_ERROR_TYPE",
     "ATTR_MCP_METHOD",
     "ATTR_OPERATION",
@@ -80,6 +81,9 @@ ATTR_REQUEST_ID = "mcp_gateway.request.id"
 ATTR_TOOL_DIGEST = "mcp_gateway.tool.digest"
 ATTR_ARGS_DIGEST = "mcp_gateway.arguments.digest"
 ATTR_OUTCOME = "mcp_gateway.outcome"
+# The SDK overwrites error.type on its server span after the handler returns (with the JSON-RPC code, or
+# "tool_error"), so the gateway's stable error code has an attribute of its own.
+ATTR_ERROR_CODE = "mcp_gateway.error.code"
 STAGE_PREFIX = "mcp_gateway.stage."  # + name + ".ms"
 
 tracer = trace.get_tracer("mcp_gateway")
@@ -151,7 +155,7 @@ class CallTimer:
             values[f"{STAGE_PREFIX}{stage}.ms"] = round((at - previous) / 1e6, 4)
             previous = at
         if error_type is not None:
-            values[ATTR_ERROR_TYPE] = error_type
+            values[ATTR_ERROR_CODE] = error_type
         if arguments is not None and _options.capture_arguments:
             import json
 

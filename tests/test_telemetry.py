@@ -1,0 +1,191 @@
+"""OpenTelemetry end to end: a real gateway process exports over OTLP/HTTP to a receiver on 127.0.0.1 that
+decodes the real exporter's protobuf. The SDK's server span carries the gateway's decision; the REST call is a
+child span whose W3C traceparent reaches the upstream; audit rows carry the same trace and span ids; no
+argument leaves in a span; and a collector that is down or stuck never blocks a call."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp.client import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared.exceptions import MCPError
+from typer.testing import CliRunner
+
+from mcp_gateway.audit import AuditLog
+from mcp_gateway.cli import app
+from mcp_gateway.devkeys import DevKey
+from tests.conftest import Deployment, ExampleApi, free_port, make_deployment, stop, wait_http
+from tests.otlp_receiver import OtlpReceiver, ReceivedSpan, running_receiver
+
+SERVER, CLIENT = 2, 3  # OTLP SpanKind values
+
+
+@contextmanager
+def gateway(deployment: Deployment) -> Iterator[str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mcp_gateway", "serve", "--transport", "streamable-http"],
+        env=deployment.env(),
+        cwd=deployment.root,
+    )
+    url = f"http://127.0.0.1:{deployment.port}"
+    try:
+        wait_http(f"{url}/healthz", process)
+        yield url
+    finally:
+        stop(process)
+
+
+async def calls(url: str, token: str, count: int = 1, denied: int = 0) -> None:
+    with anyio.fail_after(60):
+        await _calls(url, token, count, denied)
+
+
+async def _calls(url: str, token: str, count: int, denied: int) -> None:
+    async with (
+        create_mcp_http_client(headers={"Authorization": f"Bearer {token}"}) as http,
+        Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client,
+    ):
+        for _ in range(count):
+            result = await client.call_tool("crm.customer_lookup", {"customer_id": "c-100"})
+            assert not result.is_error
+        for _ in range(denied):
+            with pytest.raises(MCPError):
+                await client.call_tool("hr.salary_lookup", {"employee_id": "e-7"})
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 20) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def _deployment(root: Path, api: ExampleApi, key: DevKey, endpoint: str, **telemetry: Any) -> Deployment:
+    return make_deployment(
+        root,
+        api,
+        key,
+        egress={"allow": [api.url, endpoint]},
+        telemetry={"otlp_endpoint": endpoint, "schedule_delay": 0.1, "metric_interval": 0.3, **telemetry},
+    )
+
+
+def _server_span(receiver: OtlpReceiver, tool: str) -> ReceivedSpan | None:
+    return next((s for s in receiver.spans if s.kind == SERVER and s.name == f"tools/call {tool}"), None)
+
+
+def test_spans_metrics_traceparent_and_audit_rows_tell_one_story(
+    tmp_path: Path, example_api: ExampleApi, dev_key: DevKey
+) -> None:
+    with running_receiver() as receiver:
+        deployment = _deployment(tmp_path, example_api, dev_key, receiver.url)
+        token = deployment.mint("alice", ("support",), "internal")
+        before = len(example_api.seen())
+        with gateway(deployment) as url:
+            anyio.run(calls, url, token, 1, 1)
+            server = wait_for(lambda: _server_span(receiver, "crm.customer_lookup"))
+            client = wait_for(lambda: next((s for s in receiver.spans if s.parent_span_id == server.span_id), None))
+            denied = wait_for(lambda: _server_span(receiver, "hr.salary_lookup"))
+            wait_for(lambda: receiver.metric_total("mcp_gateway.denials") >= 1)
+        calls_total = receiver.metric_total("mcp_gateway.calls")
+
+    # The SDK's own server span, enriched; not a span of ours per stage.
+    assert server.scope == "mcp-python-sdk"
+    attributes = server.attributes
+    assert attributes["mcp.method.name"] == "tools/call"
+    assert attributes["gen_ai.tool.name"] == "crm.customer_lookup"
+    assert attributes["gen_ai.operation.name"] == "execute_tool"
+    assert attributes["mcp_gateway.decision"] == "allow"
+    assert attributes["mcp_gateway.rule"].startswith("internal.csv:")
+    assert attributes["mcp_gateway.catalog"] == "internal"
+    assert attributes["mcp_gateway.subject"] == "alice"
+    assert len(attributes["mcp_gateway.policy.version"]) == 64
+    assert {"mcp_gateway.stage.policy.ms", "mcp_gateway.stage.backend.ms"} <= set(attributes)
+    assert not [s for s in receiver.spans if s.name.startswith("mcp_gateway.policy")]  # detail: calls
+
+    # One child span for the outbound REST call, named by its template.
+    assert client.kind == CLIENT
+    assert client.trace_id == server.trace_id
+    assert client.attributes["http.request.method"] == "GET"
+    assert client.attributes["url.template"].endswith("/customers/{customer_id}")
+    assert client.attributes["http.response.status_code"] == 200
+
+    # W3C traceparent reached the upstream, naming the client span as parent.
+    sent = example_api.seen()[before:]
+    version, trace_id, parent_id, flags = sent[-1]["headers"]["traceparent"].split("-")
+    assert (version, trace_id, parent_id) == ("00", server.trace_id, client.span_id)
+    # The SDK (1.45) sets W3C level 2's "random trace id" flag as well as "sampled": 03, not 01.
+    assert int(flags, 16) & 0x01
+    assert "baggage" not in sent[-1]["headers"]
+
+    # The refusal is on its span as a decision and a stable error type.
+    assert denied.attributes["mcp_gateway.decision"] == "deny"
+    assert denied.attributes["mcp_gateway.error.code"] == "unknown_tool"
+    assert denied.attributes["error.type"] == "-32602"  # set by the SDK after the handler: the JSON-RPC code
+
+    # No argument content in any span by default.
+    dump = json.dumps([s.attributes for s in receiver.spans])
+    assert "c-100" not in dump
+    assert "e-7" not in dump
+
+    # Metrics: calls, denials, latency.
+    assert calls_total >= 2
+    assert "mcp_gateway.call.duration" in receiver.metrics
+
+    # Every audit row of the call carries the trace id, and the server span's id.
+    log = AuditLog(f"sqlite:///{deployment.database}")
+    rows = log.by_trace(server.trace_id)
+    log.close()
+    assert [row["event"] for row in rows] == ["tools/call", "tools/call.result"]
+    assert all(json.loads(row["detail"])["span_id"] == server.span_id for row in rows)
+
+    # The tabletop: `audit trace` prints the story from the trail alone, and the trail verifies.
+    result = CliRunner().invoke(app, ["audit", "trace", server.trace_id, "--config", str(deployment.config)])
+    assert result.exit_code == 0, result.output
+    for expected in ("alice", "internal.csv:", "/customers/{customer_id}", server.span_id, "ok", "latency"):
+        assert expected in result.output
+    verified = CliRunner().invoke(app, ["audit", "verify", "--config", str(deployment.config)])
+    assert verified.exit_code == 0, verified.output
+
+
+def test_collector_down_never_fails_a_call(tmp_path: Path, example_api: ExampleApi, dev_key: DevKey) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    deployment = _deployment(tmp_path, example_api, dev_key, nowhere)
+    token = deployment.mint("alice", ("support",), "internal")
+    with gateway(deployment) as url:
+        anyio.run(calls, url, token, 20)
+
+
+def test_stuck_collector_never_blocks_a_call_and_dropped_spans_are_counted(
+    tmp_path: Path, example_api: ExampleApi, dev_key: DevKey
+) -> None:
+    with running_receiver() as receiver:
+        receiver.hold()  # every export now waits until released
+        deployment = _deployment(tmp_path, example_api, dev_key, receiver.url, max_queue_size=4, export_timeout=30)
+        token = deployment.mint("alice", ("support",), "internal")
+        with gateway(deployment) as url:
+            anyio.run(calls, url, token, 30)  # completes while the collector is stuck
+            receiver.release()
+            wait_for(lambda: receiver.metric_total("mcp_gateway.telemetry.dropped_spans") > 0, timeout=30)
+
+
+def test_otlp_endpoint_must_be_on_the_egress_allowlist(deployment: Deployment) -> None:
+    text = deployment.config.read_text() + "telemetry:\n  otlp_endpoint: http://collector.example:4318\n"
+    deployment.config.write_text(text)
+    result = CliRunner().invoke(app, ["config", "check", "--config", str(deployment.config)])
+    assert result.exit_code == 2
+    assert "telemetry.otlp_endpoint" in result.output
