@@ -369,6 +369,12 @@ class AuditLog:
         with self._engine.connect() as connection:
             return [dict(row) for row in connection.execute(query).mappings()]
 
+    def by_request(self, request_id: str) -> list[dict[str, Any]]:
+        """The rows of one request id, in chain order."""
+        query = select(_TABLE).where(_TABLE.c.request_id == request_id).order_by(_TABLE.c.id)
+        with self._engine.connect() as connection:
+            return [dict(row) for row in connection.execute(query).mappings()]
+
     def by_id(self, record_id: int) -> dict[str, Any] | None:
         """One row by id."""
         query = select(_TABLE).where(_TABLE.c.id == record_id)

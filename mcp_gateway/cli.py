@@ -180,6 +180,50 @@ def policy_explain(
     raise typer.Exit(0 if explanation.decision.allowed else 1)
 
 
+@policy_app.command("add")
+def policy_add(
+    line: Annotated[str, typer.Argument(help='A policy line, e.g. "p, role:support, internal, crm.*, call, allow".')],
+    file: Annotated[str, typer.Option("--file", help="The CSV file in policies_dir to change.")],
+    actor: Annotated[str | None, typer.Option(help="Who makes the change (default: your login).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Add a policy line, if the resulting policy loads; the change (or its refusal) is an audit record."""
+    _change_policy(line, file, actor, config, remove=False)
+
+
+@policy_app.command("remove")
+def policy_remove(
+    line: Annotated[str, typer.Argument(help="The policy line to remove, exactly as in the file.")],
+    file: Annotated[str, typer.Option("--file", help="The CSV file in policies_dir to change.")],
+    actor: Annotated[str | None, typer.Option(help="Who makes the change (default: your login).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Remove a policy line, if the resulting policy loads; the change (or its refusal) is an audit record."""
+    _change_policy(line, file, actor, config, remove=True)
+
+
+def _change_policy(line: str, file: str, actor: str | None, config: Path | None, *, remove: bool) -> None:
+    from mcp_gateway.changes import change_policy_line, default_actor
+
+    settings = _settings(config)
+    log = _audit_log(config)
+    try:
+        result = change_policy_line(
+            log, settings.policies_dir, file, line, remove=remove, actor=actor or default_actor()
+        )
+        rows = log.by_request(result.request_id)
+    except ConfigError as exc:
+        _fail(str(exc))
+    except GatewayError as exc:
+        _fail(str(exc), code=1)
+    finally:
+        log.close()
+    record = f"audit record {rows[0]['id']}" if rows else "audited"
+    if not result.accepted:
+        _fail(f"refused ({record}): {result.error}")
+    out.print(Text(f"policy {result.old_digest[:12]} -> {str(result.new_digest)[:12]} ({record})"), soft_wrap=True)
+
+
 # A subject no token can carry (token subjects have no control characters), so a role's row shows only what
 # the role grants.
 _ROLE_ONLY_SUBJECT = "\x00"

@@ -73,7 +73,11 @@ def cef_line(row: dict[str, Any]) -> str:
         "cn1Label": "latencyMs",
         "cn1": row.get("latency_ms"),
     }
-    extension = " ".join(f"{key}={_cef_value(value)}" for key, value in extensions.items() if value is not None)
+    extension = " ".join(
+        f"{key}={_cef_value(value)}"
+        for key, value in extensions.items()
+        if value is not None and not (key.endswith("Label") and extensions.get(key.removesuffix("Label")) is None)
+    )
     header = "|".join(
         _cef_header(part)
         for part in (
