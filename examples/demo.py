@@ -5,13 +5,18 @@
 3. mints a short-lived internal token and a partner token with a dev key generated at first run
 4. runs the example agent with each and prints, side by side, what each sees and gets
 5. prints the audit rows those calls produced
+6. makes a policy change from the CLI (on a copy of policies/ under .mcp-gateway/), which is audited too
+7. ends with the tabletop: `mcp-gateway audit trace TRACE_ID` for alice's call and `audit trace --change ID`
+   for the policy change, both told from the audit trail alone
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -76,7 +81,15 @@ def main() -> None:
         if not _port_free(port):
             raise SystemExit(f"port {port} on 127.0.0.1 is in use; stop what uses it and run `make demo` again")
     key = ensure_dev_key(settings.state_dir)  # writes .mcp-gateway/dev-jwks.json, which the config trusts
-    env = {**os.environ, "INVENTORY_API_KEY": secrets.token_urlsafe(24)}
+    # The demo changes policy from the CLI; it works on a copy so the repository's policies/ stay as they are.
+    policies = settings.state_dir / "demo-policies"
+    shutil.rmtree(policies, ignore_errors=True)
+    shutil.copytree(settings.policies_dir, policies)
+    env = {
+        **os.environ,
+        "INVENTORY_API_KEY": secrets.token_urlsafe(24),
+        "MCP_GATEWAY_POLICIES_DIR": str(policies),
+    }
     processes: list[subprocess.Popen[bytes]] = []
     try:
         api = subprocess.Popen([sys.executable, str(ROOT / "examples" / "inventory_api.py"), "--port", "8081"], env=env)
@@ -106,6 +119,7 @@ def main() -> None:
             )
         )
         _print_audit(settings.database_url, started)
+        _tabletop(settings.database_url, started, env)
     finally:
         for process in reversed(processes):
             process.terminate()
@@ -145,6 +159,50 @@ def _print_audit(database_url: str, since: float) -> None:
         "[dim]each row carries the hash of the one before; `mcp-gateway audit export --format jsonl` "
         "streams them in full (subject, roles, rule text, argument digest, request id)[/]"
     )
+
+
+def _cli(env: dict[str, str], *args: str) -> str:
+    command = [sys.executable, "-m", "mcp_gateway", *args, "--config", str(CONFIG)]
+    console.print(f"[bold]$ mcp-gateway {' '.join(args)}[/]")
+    done = subprocess.run(command, env={**env, "COLUMNS": "120"}, capture_output=True, text=True, check=False)
+    print(done.stdout, end="")
+    print(done.stderr, end="", file=sys.stderr)
+    return done.stdout
+
+
+def _tabletop(database_url: str, since: float, env: dict[str, str]) -> None:
+    console.rule("[bold]a configuration change, made from the CLI")
+    changed = _cli(
+        env,
+        "policy",
+        "add",
+        "p, role:support_lead, internal, hr.*, call, allow",
+        "--file",
+        "internal.csv",
+        "--actor",
+        "carol",
+    )
+    found = re.search(r"audit record (\d+)", changed)
+    console.rule("[bold]tabletop: the whole story of one call, from the audit trail alone")
+    log = AuditLog(database_url)
+    cutoff = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(since))
+    call = next(
+        (
+            row
+            for row in log.iter_rows(since=cutoff)
+            if row["event"] == "tools/call.result" and row["subject"] == "alice" and row["outcome"] == "ok"
+        ),
+        None,
+    )
+    log.close()
+    if call is not None and call["trace_id"]:
+        _cli(env, "audit", "trace", call["trace_id"])
+    if found:
+        console.rule("[bold]tabletop: the whole story of one configuration change")
+        _cli(env, "audit", "trace", "--change", found.group(1))
+    console.rule("[bold]and the trail is intact")
+    _cli(env, "audit", "checkpoint")
+    _cli(env, "audit", "verify")
 
 
 if __name__ == "__main__":
