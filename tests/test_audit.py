@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import itertools
 import multiprocessing
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +14,7 @@ from typing import Any
 import pytest
 import sqlalchemy
 
-from mcp_gateway.audit import GENESIS, AuditEntry, AuditLog, record_hash
+from mcp_gateway.audit import GENESIS, AuditEntry, AuditLog, Durability, record_hash
 from mcp_gateway.errors import UnavailableError
 
 WRITERS = 4
@@ -100,3 +103,70 @@ def test_export_streams_in_batches_and_filters_by_time(tmp_path: Path) -> None:
     assert [row["request_id"] for row in rows] == [f"0-{i}" for i in range(25)]
     assert next(iter(log.iter_rows(since=rows[10]["ts"], batch=4)))["id"] == rows[10]["id"]
     log.close()
+
+
+def _append_concurrently(url: str, writer: int, count: int, durability: Durability) -> None:
+    log = AuditLog(url, durability=durability)
+
+    async def caller(index: int) -> None:
+        for number in range(count):
+            await log.append(entry(number, writer * 100 + index))
+
+    async def main() -> None:
+        await asyncio.gather(*(caller(index) for index in range(8)))
+
+    asyncio.run(main())
+    log.close()
+
+
+@pytest.mark.parametrize("durability", ["process", "power"])
+def test_group_commit_from_several_processes_keeps_one_linear_chain(database_url: str, durability: Durability) -> None:
+    AuditLog(database_url).close()
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_append_concurrently, args=(database_url, w, 25, durability)) for w in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+        assert worker.exitcode == 0
+    log = AuditLog(database_url)
+    rows = list(log.iter_rows())
+    log.close()
+    assert len(rows) == 3 * 8 * 25
+    assert_linear(rows)
+
+
+async def test_group_commit_batches_waiting_callers_and_answers_each_with_its_own_hash(tmp_path: Path) -> None:
+    log = AuditLog(f"sqlite:///{tmp_path / 'a.db'}", durability="power", max_batch=4)
+    hashes = await asyncio.gather(*(log.append(entry(index)) for index in range(10)))
+    rows = list(log.iter_rows())
+    log.close()
+    by_request = {row["request_id"]: row["hash"] for row in rows}
+    assert [by_request[f"0-{index}"] for index in range(10)] == hashes
+    assert_linear(rows)
+    # Several callers shared a transaction (one timestamp per commit), never more than max_batch.
+    per_commit = collections.Counter(row["ts"] for row in rows)
+    assert max(per_commit.values()) > 1
+    assert max(per_commit.values()) <= 4
+
+
+async def test_failed_group_commit_fails_every_waiting_caller(tmp_path: Path) -> None:
+    path = tmp_path / "a.db"
+    log = AuditLog(f"sqlite:///{path}", durability="power")
+    await log.append(entry(0))
+    with sqlite3.connect(path) as connection:
+        connection.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON audit_record BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+    results = await asyncio.gather(*(log.append(entry(index)) for index in range(1, 6)), return_exceptions=True)
+    log.close()
+    assert all(isinstance(result, UnavailableError) for result in results)
+
+
+def test_power_durability_sets_synchronous_full(tmp_path: Path) -> None:
+    for durability, expected in (("process", 1), ("power", 2)):
+        log = AuditLog(f"sqlite:///{tmp_path / durability}.db", durability=durability)  # type: ignore[arg-type]
+        with log._engine.connect() as connection:
+            level = connection.exec_driver_sql("PRAGMA synchronous").scalar()
+        log.close()
+        assert level == expected, durability
