@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from mcp_gateway.audit import AuditEntry, AuditLog, record_hash
+from mcp_gateway.audit_cli import progress_bar
 from mcp_gateway.checkpoint import Checkpointer, Signer
 from mcp_gateway.cli import app
 from mcp_gateway.config import Settings, load_settings
@@ -262,3 +264,14 @@ def test_not_a_bundle_is_refused(tmp_path: Path, trail: Settings) -> None:
     code, output = _verify_bundle(fake, trail.signing_key_path.with_suffix(".pub"))
     assert code == 2
     assert "not an mcp-gateway audit bundle" in output
+
+
+def test_progress_bar_is_shown_on_large_trails_only() -> None:
+    console = Console(record=True, force_terminal=True, width=100)
+    with progress_bar(console, 50_000, "verifying") as tick:
+        tick(25_000)
+    with progress_bar(console, 10, "quiet") as tick:
+        tick(5)
+    text = console.export_text()
+    assert "verifying" in text
+    assert "quiet" not in text
