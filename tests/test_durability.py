@@ -11,19 +11,26 @@ level alternates between ``process`` and ``power``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import multiprocessing
 import os
 import random
 import signal
+import subprocess
+import sys
+import threading
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+import anyio
 import pytest
 
 from mcp_gateway.audit import AuditEntry, AuditLog, Durability
 from mcp_gateway.checkpoint import Checkpointer, Signer
+from mcp_gateway.config import load_settings
 from mcp_gateway.verify import verify_records
+from tests.conftest import Deployment, wait_http
 
 CALLERS = 8
 
@@ -102,3 +109,65 @@ def test_sigkill_under_load_loses_no_acknowledged_record(tmp_path: Path) -> None
 @pytest.mark.slow
 def test_sigkill_under_load_many_cycles(tmp_path: Path) -> None:
     _kill_cycles(tmp_path, 300)
+
+
+async def _load(url: str, tokens: dict[str, str], acknowledged: dict[str, int], stop_after: float) -> None:
+    """8 sessions calling as fast as they can; count each call whose successful result arrived."""
+    from mcp.client import Client
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    async def session(subject: str, token: str) -> None:
+        try:
+            async with (
+                create_mcp_http_client(headers={"Authorization": f"Bearer {token}"}) as http,
+                Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client,
+            ):
+                while True:
+                    result = await client.call_tool("crm.customer_lookup", {"customer_id": "c-100"})
+                    if not result.is_error:
+                        acknowledged[subject] += 1
+        except Exception:  # noqa: BLE001, S110 - the gateway was killed under us: expected
+            pass
+
+    with anyio.move_on_after(stop_after):
+        async with anyio.create_task_group() as group:
+            for subject, token in tokens.items():
+                group.start_soon(session, subject, token)
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_real_gateway_under_load_loses_no_acknowledged_call(deployment: Deployment) -> None:
+    """The whole gateway process, killed while 8 MCP sessions call it: every call answered ok has its outcome
+    row, and the trail (signed at each start) verifies."""
+    acknowledged: dict[str, int] = {}
+    chooser = random.Random(7)  # noqa: S311 - test timing
+    for cycle in range(10):
+        tokens = {f"k{cycle}-{i}": deployment.mint(f"k{cycle}-{i}", ("support",), "internal") for i in range(CALLERS)}
+        acknowledged.update(dict.fromkeys(tokens, 0))
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mcp_gateway", "serve", "--transport", "streamable-http"],
+            env=deployment.env(),
+            cwd=deployment.root,
+        )
+        try:
+            wait_http(f"http://127.0.0.1:{deployment.port}/healthz", process)
+            killer = threading.Timer(chooser.uniform(0.5, 1.5), os.kill, (process.pid, signal.SIGKILL))
+            killer.start()
+            anyio.run(_load, f"http://127.0.0.1:{deployment.port}", tokens, acknowledged, 10.0)
+            killer.join()
+        finally:
+            process.kill()
+            process.wait()
+    settings = load_settings(deployment.config)
+    log = AuditLog(settings.database_url)
+    rows = list(log.iter_rows(batch=5000))
+    report = verify_records(rows, log.checkpoints(), Signer.load_or_create(settings.signing_key_path).public_key)
+    log.close()
+    recorded = collections.Counter(
+        row["subject"] for row in rows if row["event"] == "tools/call.result" and row["outcome"] == "ok"
+    )
+    assert sum(acknowledged.values()) > 0
+    lost = {subject: count - recorded[subject] for subject, count in acknowledged.items() if recorded[subject] < count}
+    assert not lost, lost
+    assert report.ok, report.problems
