@@ -166,7 +166,8 @@ class AuditLog:
         row["roles"] = _canonical(list(entry.roles)) if entry.roles is not None else None
         row["detail"] = _canonical(entry.detail) if entry.detail is not None else None
         if entry.latency_ms is not None:
-            row["latency_ms"] = round(entry.latency_ms, 3)
+            # Always a float: the database hands back a float, and the hash must recompute from stored values.
+            row["latency_ms"] = round(float(entry.latency_ms), 3)
         try:
             with self._lock:
                 return self._append(row)

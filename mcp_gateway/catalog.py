@@ -8,6 +8,7 @@ visible (rug-pull protection).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -98,6 +99,8 @@ class HttpBackend(_FileModel):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an absolute http(s) URL")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not carry credentials; use credential_env or credential_file")
         if _PLACEHOLDER.search(parts.netloc) or _PLACEHOLDER.search(parts.query) or parts.fragment:
             raise ValueError("placeholders are allowed in the path only; use `query` for query parameters")
         return value
@@ -130,7 +133,7 @@ class HttpBackend(_FileModel):
             raise ValueError("set at most one of credential_env and credential_file")
         return self
 
-    @property
+    @functools.cached_property
     def path_arguments(self) -> tuple[str, ...]:
         return tuple(_PLACEHOLDER.findall(urlsplit(self.url).path))
 
@@ -229,7 +232,7 @@ def _tool_spec(catalog: str, model: _ToolModel) -> ToolSpec:
 def catalog_fingerprint(catalogs_dir: Path) -> str:
     """A digest of the catalog files' names and contents: cheap change detection without parsing."""
     digest = hashlib.sha256()
-    for path in sorted(catalogs_dir.glob("*.yaml")):
+    for path in sorted([*catalogs_dir.glob("*.yaml"), *catalogs_dir.glob("*.yml")]):
         digest.update(path.name.encode() + b"\0")
         try:
             digest.update(path.read_bytes())

@@ -247,7 +247,7 @@ def audit_tail(
             row["outcome"],
             f"{row['latency_ms']:.2f}" if row["latency_ms"] is not None else "",
         )
-        table.add_row(*(Text(cell) for cell in cells))
+        table.add_row(*(Text(_printable(cell)) for cell in cells))
     out.print(table)
     log.close()
 
@@ -263,8 +263,16 @@ def audit_export(
     log = _audit_log(config)
     write = sys.stdout.write
     for row in log.iter_rows(cutoff):
-        write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
+        # ASCII-only: U+2028, U+0085 and friends are line breaks to some JSON-lines readers.
+        write(json.dumps(row, sort_keys=True, ensure_ascii=True) + "\n")
     log.close()
+
+
+def _printable(text: str) -> str:
+    """Caller-influenced text made safe for a terminal: control and format characters shown escaped."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else ascii(char)[1:-1] for char in text)
 
 
 def _utc(value: str) -> str:

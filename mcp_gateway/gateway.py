@@ -19,13 +19,14 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from contextlib import suppress
+from dataclasses import dataclass, replace
 from typing import Any
 
 import mcp_types as types
 
 from mcp_gateway.audit import AuditEntry, AuditLog
-from mcp_gateway.catalog import CatalogSet, ToolSpec, catalog_fingerprint, load_catalogs
+from mcp_gateway.catalog import TOOL_NAME, CatalogSet, ToolSpec, catalog_fingerprint, load_catalogs
 from mcp_gateway.config import Settings
 from mcp_gateway.errors import (
     CallError,
@@ -38,7 +39,7 @@ from mcp_gateway.errors import (
     to_mcp_error,
 )
 from mcp_gateway.identity import Principal
-from mcp_gateway.policy import PolicyEngine
+from mcp_gateway.policy import PolicyEngine, ReloadResult
 from mcp_gateway.telemetry import current_trace_id
 from mcp_gateway.upstream import HttpUpstream
 
@@ -49,18 +50,44 @@ logger = logging.getLogger(__name__)
 _VISIBLE_CACHE_SIZE = 4096
 
 
+CALL = "tools/call"
+RESULT = "tools/call.result"
+
+
+def _audited_name(name: str) -> str:
+    """The tool name as the trail records it: a caller-chosen name that cannot name a tool is not stored
+    verbatim (it could be megabytes, or carry terminal escapes), only a digest of it."""
+    if TOOL_NAME.fullmatch(name):
+        return name
+    return "invalid:" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _caller_detail(principal: Principal, name: str | None = None) -> dict[str, Any] | None:
+    detail: dict[str, Any] = {}
+    if principal.token_id:
+        detail["token_id"] = principal.token_id
+    if principal.amr:
+        detail["amr"] = list(principal.amr)
+    if name is not None and not TOOL_NAME.fullmatch(name):
+        detail["name_preview"] = ascii(name[:64])
+    return detail or None
+
+
 def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
 def _canonical_arguments(arguments: Mapping[str, Any]) -> bytes:
+    # allow_nan=False: NaN passes every JSON Schema bound (comparisons with NaN are false) and is not JSON.
     try:
-        return json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    except (TypeError, ValueError) as exc:
+        return json.dumps(
+            arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode()
+    except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidArgumentsError(f"arguments are not JSON: {exc}") from exc
 
 
-def _depth(value: Any, limit: int) -> int:
+def _depth(value: Mapping[str, Any], limit: int) -> int:
     """Nesting depth of a JSON value, iteratively (no recursion for an attacker to exhaust)."""
     deepest = 0
     stack: list[tuple[Any, int]] = [(value, 1)]
@@ -111,9 +138,6 @@ class Gateway:
         reason = self.audit.ping()
         return reason is None, reason
 
-    def _audit(self, entry: AuditEntry) -> None:
-        self.audit.record(entry)
-
     def visible_tools(self, principal: Principal) -> tuple[types.Tool, ...]:
         """The tools ``principal`` may call, in catalog order. Pure: no audit row."""
         snapshot, catalogs = self.policy.snapshot, self._catalogs
@@ -149,10 +173,10 @@ class Gateway:
             catalog=principal.catalog,
             latency_ms=(time.perf_counter() - started) * 1000,
             policy_version=self.policy.snapshot.version,
-            detail={"count": len(tools)},
+            detail={"count": len(tools), **(_caller_detail(principal) or {})},
         )
         try:
-            self._audit(entry)
+            self.audit.record(entry)
         except GatewayError as exc:
             raise to_mcp_error(exc, request_id) from exc
         return list(tools)
@@ -167,8 +191,8 @@ class Gateway:
         """
         started = time.perf_counter()
         snapshot = self.policy.snapshot
-        base = AuditEntry(
-            event="tools/call",
+        entry = AuditEntry(
+            event=CALL,
             decision="deny",
             outcome="",
             request_id=request_id,
@@ -176,41 +200,53 @@ class Gateway:
             subject=principal.subject,
             roles=principal.roles,
             catalog=principal.catalog,
-            tool=name,
+            tool=_audited_name(name),
             policy_version=snapshot.version,
+            detail=_caller_detail(principal, name),
         )
         arguments = arguments or {}
-        tool = self._catalogs.lookup(principal.catalog, name)
-        decision_rule = "unknown-tool"
+        opened = False  # whether the decision row (outcome "started") is on record
         try:
+            tool = self._catalogs.lookup(principal.catalog, name)
             if tool is None:
-                raise UnknownToolError(f"{name!r} is not in catalog {principal.catalog!r}")
-            base = _with(base, tool_digest=tool.digest)
+                entry = replace(entry, rule="unknown-tool")
+                raise UnknownToolError(f"not in catalog {principal.catalog!r}")
             decision = snapshot.decide(principal.subject, principal.roles, principal.catalog, name)
-            decision_rule = decision.rule
+            entry = replace(entry, tool_digest=tool.digest, rule=decision.rule)
             if not decision.allowed:
-                raise UnknownToolError(f"policy denies {name!r}: {decision.rule}")
-            base = _with(base, decision="allow", rule=decision.rule)
+                raise UnknownToolError(f"policy denies: {decision.rule}")
+            entry = replace(entry, decision="allow")
             canonical = self._check_arguments(tool, arguments)
-            base = _with(base, args_digest=hashlib.sha256(canonical).hexdigest())
+            entry = replace(entry, args_digest=hashlib.sha256(canonical).hexdigest())
             # The decision is on record before the backend is touched.
-            self._audit(_with(base, outcome="started"))
+            self.audit.record(replace(entry, outcome="started"))
+            opened = True
             result = await self.upstream.call(tool, arguments, request_id)
+            # The outcome is on record before the result goes out; if it cannot be, _refuse withholds it.
+            self.audit.record(replace(entry, event=RESULT, outcome="ok", latency_ms=_ms(started)))
         except GatewayError as exc:
-            return self._refuse(_with(base, rule=base.rule or decision_rule), exc, started, request_id)
-        self._audit(_with(base, event="tools/call.result", outcome="ok", latency_ms=_ms(started)))
+            return self._refuse(entry, exc, started, request_id, opened=opened)
+        except Exception as exc:  # record the outcome, then re-raise to server.py's handler
+            failure = replace(
+                entry, event=RESULT if opened else CALL, outcome="internal_error", latency_ms=_ms(started)
+            )
+            with suppress(GatewayError):
+                self.audit.record(replace(failure, detail={**(entry.detail or {}), "error": type(exc).__name__}))
+            raise
         return result
 
-    def _refuse(self, entry: AuditEntry, exc: GatewayError, started: float, request_id: str) -> types.CallToolResult:
-        outcome = _with(
+    def _refuse(
+        self, entry: AuditEntry, exc: GatewayError, started: float, request_id: str, *, opened: bool
+    ) -> types.CallToolResult:
+        outcome = replace(
             entry,
-            event="tools/call.result" if entry.decision == "allow" and entry.args_digest else "tools/call",
+            event=RESULT if opened else CALL,
             outcome=exc.code,
             latency_ms=_ms(started),
-            detail={"error": str(exc)},
+            detail={**(entry.detail or {}), "error": str(exc)},
         )
         try:
-            self._audit(outcome)
+            self.audit.record(outcome)
         except CallError as audit_exc:
             logger.error("audit unavailable; refusing request %s: %s", request_id, audit_exc)
             return to_call_result(audit_exc, request_id)
@@ -227,7 +263,7 @@ class Gateway:
                 f"arguments are {len(canonical)} bytes, over {limit}", public_detail=f"larger than {limit} bytes"
             )
         depth_limit = self.settings.max_argument_depth
-        if _depth(dict(arguments), depth_limit) > depth_limit:
+        if _depth(arguments, depth_limit) > depth_limit:
             raise InvalidArgumentsError(
                 f"arguments nest deeper than {depth_limit}", public_detail=f"nested deeper than {depth_limit}"
             )
@@ -253,38 +289,41 @@ class Gateway:
         return ReloadReport(policy_changed, catalogs_changed, errors)
 
     def _reload_policy(self, actor: str) -> tuple[bool, str | None]:
-        result = self.policy.reload()
+        def record(result: ReloadResult) -> None:
+            detail = {"added": list(result.added), "removed": list(result.removed), "error": result.error}
+            self._audit_change(
+                "policy.reload", actor, result.ok, old=result.old_version, new=result.new_version, detail=detail
+            )
+
+        result = self.policy.reload(record)
         if not result.changed:
             return False, None
-        detail = {"added": list(result.added), "removed": list(result.removed), "error": result.error}
-        self._audit_change(
-            "policy.reload", actor, result.ok, old=result.old_version, new=result.new_version, detail=detail
-        )
         return result.ok, None if result.ok else f"policy: {result.error}"
 
     def _reload_catalogs(self, actor: str) -> tuple[bool, str | None]:
+        # The fingerprint is remembered, and the new catalogs swapped in, only after the audit row is committed:
+        # if it cannot be, nothing changes and the next check tries again.
         fingerprint = catalog_fingerprint(self.settings.catalogs_dir)
         if fingerprint == self._catalog_files:
             return False, None
-        self._catalog_files = fingerprint
         old = self._catalogs
         try:
             fresh = load_catalogs(self.settings.catalogs_dir, self.settings.egress)
         except ConfigError as exc:
             self._audit_change("catalog.reload", actor, False, old=old.version, new=None, detail={"error": str(exc)})
+            self._catalog_files = fingerprint
             return False, f"catalogs: {exc}"
-        if fresh.version == old.version:
-            return False, None
-        self._catalogs = fresh
-        self._audit_change(
-            "catalog.reload", actor, True, old=old.version, new=fresh.version, detail=_catalog_diff(old, fresh)
-        )
-        return True, None
+        if fresh.version != old.version:
+            diff = _catalog_diff(old, fresh)
+            self._audit_change("catalog.reload", actor, True, old=old.version, new=fresh.version, detail=diff)
+            self._catalogs = fresh
+        self._catalog_files = fingerprint
+        return fresh.version != old.version, None
 
     def _audit_change(
         self, event: str, actor: str, ok: bool, *, old: str, new: str | None, detail: dict[str, Any]
     ) -> None:
-        self._audit(
+        self.audit.record(
             AuditEntry(
                 event=event,
                 decision="allow" if ok else "error",
@@ -309,12 +348,6 @@ def _catalog_diff(old: CatalogSet, new: CatalogSet) -> dict[str, Any]:
             "changed": sorted(tool for tool in set(before) & set(after) if before[tool] != after[tool]),
         }
     return {"catalogs": diff}
-
-
-def _with(entry: AuditEntry, **changes: Any) -> AuditEntry:
-    from dataclasses import replace
-
-    return replace(entry, **changes)
 
 
 def _ms(started: float) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -27,6 +28,7 @@ __all__ = ["REQUEST_ID_HEADER", "HttpUpstream"]
 
 REQUEST_ID_HEADER = "X-Request-Id"
 _SCALARS = (str, int, float, bool)
+_UNSAFE_SEGMENT = re.compile(r"[/\\\x00-\x1f\x7f]")
 
 
 def _text(value: str | int | float | bool) -> str:
@@ -38,7 +40,9 @@ def _segment(name: str, value: Any) -> str:
     if not isinstance(value, _SCALARS):
         raise InvalidArgumentsError(f"path argument {name!r} is not a scalar", public_detail=f"{name}: not a scalar")
     text = _text(value)
-    if text in ("", ".", ".."):
+    # Percent-encoding keeps "/" inside one segment only for backends that route on the raw path; many
+    # frameworks and proxies decode %2F first. Refuse separators and dot segments outright.
+    if text in ("", ".", "..") or _UNSAFE_SEGMENT.search(text):
         raise InvalidArgumentsError(f"path argument {name!r} is {text!r}", public_detail=f"{name}: not a path segment")
     return quote(text, safe="")
 
@@ -104,7 +108,7 @@ class HttpUpstream:
         if secret is not None:
             headers[backend.credential_header] = f"{backend.credential_scheme} {secret}".strip()
         body = {key: arguments[arg] for key, arg in backend.body.items() if arg in arguments}
-        content = json.dumps(body).encode() if backend.body else None
+        content = json.dumps(body, allow_nan=False).encode() if backend.body else None
         if content is not None:
             headers["Content-Type"] = "application/json"
         return self._client.build_request(backend.method, url, params=params, headers=headers, content=content)
@@ -153,5 +157,7 @@ def _result(tool: str, response: httpx.Response, body: bytes) -> types.CallToolR
             parsed = json.loads(text)
         except json.JSONDecodeError as exc:
             raise UpstreamError(f"{tool}: upstream sent invalid JSON: {exc.msg}") from exc
+        except (ValueError, RecursionError) as exc:  # integers past the digit limit, nesting past the stack
+            raise UpstreamError(f"{tool}: upstream sent unparseable JSON: {type(exc).__name__}") from exc
         structured = parsed if isinstance(parsed, dict) else {"result": parsed}
     return types.CallToolResult(content=[types.TextContent(text=text)], structured_content=structured)

@@ -478,3 +478,10 @@ def test_relative_credential_file_is_resolved_against_the_catalog_folder(tmp_pat
     write_tools(tmp_path / "catalogs", with_backend(credential_file="secrets/api-key"))
     loaded = spec(load_catalogs(tmp_path / "catalogs", EGRESS), "internal", "crm.lookup")
     assert loaded.backend.credential_file == tmp_path / "catalogs" / "secrets" / "api-key"
+
+
+def test_backend_url_with_credentials_is_refused_without_echoing_them(tmp_path: Path) -> None:
+    write_tools(tmp_path, with_backend(url="http://svc:hunter2@127.0.0.1:8081/customers/{customer_id}"))
+    error = str(refused(tmp_path))
+    assert "credential" in error
+    assert "hunter2" not in error

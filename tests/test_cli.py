@@ -564,3 +564,52 @@ def test_audit_export_refuses_a_since_that_is_not_a_time(trail: Path) -> None:
     result = run("audit", "export", "--config", trail, "--since", "yesterday")
     assert result.exit_code == 2
     assert "--since" in text(result.stderr)
+
+
+@pytest.mark.parametrize(
+    ("audience", "normal"),
+    [
+        pytest.param("https://gw.example.com", "https://gw.example.com/", id="bare-origin"),
+        pytest.param("HTTPS://GW.example.com:443/mcp", "https://gw.example.com/mcp", id="case-and-default-port"),
+        pytest.param("api://mcp-gateway", None, id="not-http"),
+    ],
+)
+def test_audience_must_be_a_normalised_resource_uri(config: Path, audience: str, normal: str | None) -> None:
+    result = run("config", "check", "--config", config, env={"MCP_GATEWAY_IDENTITY__AUDIENCE": audience})
+    assert result.exit_code == 2
+    assert "identity.audience" in text(result.stderr)
+    if normal is not None:
+        assert normal in text(result.stderr)
+
+
+def test_jwks_url_must_use_tls_off_loopback(config: Path) -> None:
+    data = yaml.safe_load(config.read_text())
+    data["identity"].pop("jwks_file")
+    data["identity"]["jwks_url"] = "http://idp.example.internal/jwks.json"
+    data["egress"]["allow"].append("http://idp.example.internal")
+    config.write_text(yaml.safe_dump(data))
+    result = run("config", "check", "--config", config)
+    assert result.exit_code == 2
+    assert "identity.jwks_url" in text(result.stderr)
+
+
+def test_egress_entries_with_credentials_are_refused(config: Path) -> None:
+    data = yaml.safe_load(config.read_text())
+    data["egress"]["allow"].append("http://user:secret@127.0.0.1:9")
+    config.write_text(yaml.safe_dump(data))
+    result = run("config", "check", "--config", config)
+    assert result.exit_code == 2
+    assert "egress.allow" in text(result.stderr)
+    assert "secret" not in result.stderr
+
+
+def test_audit_tail_and_export_neutralise_control_characters(config: Path) -> None:
+    log = AuditLog(load_settings(config).database_url)
+    log.record(AuditEntry(event="tools/call", decision="deny", outcome="x", subject="eve\x1b[2J\u2028forged"))
+    log.close()
+    tail = run("audit", "tail", "--config", config)
+    assert "\x1b[2J" not in tail.stdout
+    assert "\\x1b" in tail.stdout
+    exported = run("audit", "export", "--config", config).stdout
+    assert exported.isascii()
+    assert len(exported.splitlines()) == 1
