@@ -3,7 +3,7 @@
 Rules (``rule_id``: what it finds):
 
 * ``email``           addresses
-* ``phone``           international (``+`` and 8-15 digits) or grouped national numbers (9-15 digits)
+* ``phone``           international (``+`` and 8-15 digits) or grouped national numbers (10-15 digits)
 * ``national_id``     US social security numbers and UK national insurance numbers
 * ``card``            payment card numbers (13-19 digits) that pass the Luhn check
 * ``iban``            IBANs that pass the ISO 13616 mod-97 check
@@ -138,7 +138,8 @@ def _valid(rule: str, text: str) -> bool:
     if rule == "jwt":
         return _jwt_ok(text)
     if rule == "phone":
-        return 8 <= len(_digits(text)) <= 15
+        # With a country code 8-15 digits (E.164); national numbers written without one have at least 10.
+        return (8 if text.startswith("+") else 10) <= len(_digits(text)) <= 15
     return True
 
 

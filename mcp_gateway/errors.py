@@ -125,9 +125,13 @@ class DlpBlockedError(CallError):
     code: ClassVar[str] = "dlp_blocked"
     public_message: ClassVar[str] = "Sensitive data blocked"
 
-    def __init__(self, detail: str, *, public_detail: str | None = None) -> None:
+    def __init__(
+        self, detail: str, *, public_detail: str | None = None, audit_detail: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(detail)
         self.public_detail = public_detail
+        # Rule ids and paths for the audit row (never matched values).
+        self.audit_detail = audit_detail or {}
 
 
 class ApprovalRequiredError(CallError):

@@ -273,7 +273,9 @@ class Gateway:
         entry = _with_findings(entry, tool.dlp, found)
         if tool.dlp == "block":
             raise DlpBlockedError(
-                f"arguments: {_rules(found)}", public_detail=f"{_rules(found)} in {_paths(found, 'arguments')}"
+                f"arguments: {_rules(found)}",
+                public_detail=f"{_rules(found)} in {_paths(found, 'arguments')}",
+                audit_detail=entry.detail,
             )
         if tool.dlp == "flag":
             return arguments, entry
@@ -283,6 +285,7 @@ class Gateway:
             raise DlpBlockedError(
                 f"arguments: {_rules(found)}; redacted arguments no longer match the schema",
                 public_detail=f"{_rules(found)} in {_paths(found, 'arguments')}",
+                audit_detail=entry.detail,
             )
         return redacted, _with(entry, detail={**(entry.detail or {}), "forwarded_digest": _digest(redacted)})
 
@@ -295,7 +298,9 @@ class Gateway:
             return result, entry
         entry = _with_findings(entry, tool.dlp, found)
         if tool.dlp == "block":
-            raise DlpBlockedError(f"result: {_rules(found)}", public_detail=f"{_rules(found)} in the result")
+            raise DlpBlockedError(
+                f"result: {_rules(found)}", public_detail=f"{_rules(found)} in the result", audit_detail=entry.detail
+            )
         if tool.dlp == "flag":
             return result, entry
         content = [
@@ -314,7 +319,7 @@ class Gateway:
             event="tools/call.result" if on_record else "tools/call",
             outcome=exc.code,
             latency_ms=_ms(started),
-            detail={**(entry.detail or {}), "error": str(exc)},
+            detail={**(entry.detail or {}), **getattr(exc, "audit_detail", {}), "error": str(exc)},
         )
         try:
             self._audit(outcome)
