@@ -3,56 +3,22 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
 import pytest
-import yaml
 from mcp.shared.exceptions import MCPError
 
-from mcp_gateway.config import load_settings
 from mcp_gateway.errors import ConfigError
 from mcp_gateway.gateway import Gateway
 from mcp_gateway.identity import Principal
-from mcp_gateway.server import build_gateway
-from tests.conftest import API_KEY, Deployment, ExampleApi
+from tests.conftest import Deployment, ExampleApi, GatewayFactory, configure
 
 ALICE = Principal("alice", ("support",), "internal", (), None, "test", 2**40)
 ACME = Principal("acme-bot", ("partner",), "partner", (), None, "test", 2**40)
 
 CARD = "4111 1111 1111 1111"
 EMAIL = "someone.private@example.net"
-
-
-def configure(deployment: Deployment, catalog: str, tool: str | None = None, **keys: Any) -> None:
-    """Set top-level keys of a catalog file, or keys of one of its tools."""
-    path = deployment.root / "catalogs" / f"{catalog}.yaml"
-    data = yaml.safe_load(path.read_text())
-    target = data if tool is None else next(item for item in data["tools"] if item["name"] == tool)
-    target.update(keys)
-    path.write_text(yaml.safe_dump(data))
-
-
-GatewayFactory = Callable[[], Gateway]
-
-
-@pytest.fixture
-async def make_gateway(deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[GatewayFactory]:
-    monkeypatch.setenv("INVENTORY_API_KEY", API_KEY)
-    built: list[Gateway] = []
-
-    def make() -> Gateway:
-        gateway = build_gateway(load_settings(deployment.config))
-        built.append(gateway)
-        return gateway
-
-    yield make
-    for gateway in built:
-        await gateway.upstream.aclose()
-        if gateway.breakglass is not None:
-            gateway.breakglass.close()
-        gateway.audit.close()
 
 
 def rows(gateway: Gateway) -> list[dict[str, Any]]:
@@ -244,3 +210,37 @@ async def test_a_catalog_with_an_unknown_dlp_action_does_not_load(
     configure(deployment, "partner", dlp="off")
     with pytest.raises(ConfigError, match="dlp"):
         make_gateway()
+
+
+# --- end to end: the real mcp client over stdio and streamable HTTP ------------------------------------------
+
+
+@pytest.mark.parametrize(("transport", "mode"), [("stdio", "legacy"), ("streamable-http", "2026-07-28")])
+async def test_refusals_reach_real_clients_with_stable_codes(deployment: Deployment, transport: str, mode: str) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import stop, wait_http
+    from tests.test_transports import connect
+
+    configure(deployment, "internal", "crm.search", rate_limit="2/hour")
+    configure(deployment, "internal", "tickets.create", dlp="block")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mcp_gateway", "serve", "--transport", "streamable-http"],
+        env=deployment.env(),
+        cwd=deployment.root,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{deployment.port}/healthz", process)
+        token = deployment.mint("alice", ("support",), "internal")
+        async with connect(transport, mode, deployment, token) as client:
+            outcomes = [await client.call_tool("crm.search", {"query": "ada"}) for _ in range(3)]
+            blocked = await client.call_tool("tickets.create", {"customer_id": "c-100", "summary": f"card {CARD}"})
+    finally:
+        stop(process)
+    assert [result.is_error for result in outcomes] == [False, False, True]
+    limited = error(outcomes[-1])
+    assert (limited["code"], limited["retry_after"]) == ("rate_limited", 1800)
+    body = error(blocked)
+    assert body["code"] == "dlp_blocked"
+    assert "4111" not in json.dumps(blocked.model_dump())
