@@ -24,10 +24,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mcp_gateway.config import EgressSettings, describe_validation_error
+from mcp_gateway.dlp import Action
 from mcp_gateway.errors import ConfigError
+from mcp_gateway.ratelimit import RateSpec, parse_rate
 
 __all__ = [
     "CATALOG_NAME",
+    "PARTNER_CATALOGS",
     "TOOL_NAME",
     "CatalogSet",
     "HttpBackend",
@@ -138,6 +141,16 @@ class HttpBackend(_FileModel):
         return tuple(_PLACEHOLDER.findall(urlsplit(self.url).path))
 
 
+def _check_rate(value: str | None) -> str | None:
+    if value is not None:
+        parse_rate(value)
+    return value
+
+
+# Catalogs whose callers are outside the organisation: DLP blocks by default there.
+PARTNER_CATALOGS = frozenset({"partner"})
+
+
 class _ToolModel(_FileModel):
     name: str
     title: str | None = None
@@ -145,6 +158,13 @@ class _ToolModel(_FileModel):
     input_schema: dict[str, Any]
     annotations: types.ToolAnnotations | None = None
     backend: HttpBackend
+    rate_limit: str | None = Field(default=None, description="Per subject, e.g. 60/minute; overrides the catalog's.")
+    dlp: Action | None = Field(default=None, description="block, redact or flag; overrides the catalog's.")
+    approval: Literal["required", "none"] = Field(
+        default="none", description="required: each call waits for a second person to approve that exact call."
+    )
+
+    _rate = field_validator("rate_limit")(_check_rate)
 
     @field_validator("name")
     @classmethod
@@ -179,7 +199,11 @@ class _ToolModel(_FileModel):
 
 
 class _CatalogFile(_FileModel):
+    rate_limit: str | None = Field(default=None, description="Default per subject and tool, e.g. 60/minute.")
+    dlp: Action | None = Field(default=None, description="Default DLP action; partner catalogs default to block.")
     tools: list[_ToolModel]
+
+    _rate = field_validator("rate_limit")(_check_rate)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -192,6 +216,9 @@ class ToolSpec:
     backend: HttpBackend
     digest: str
     validator: jsonschema.protocols.Validator = field(repr=False)
+    rate_limit: RateSpec | None = None
+    dlp: Action = "flag"
+    approval_required: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +242,7 @@ def _digest(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _tool_spec(catalog: str, model: _ToolModel) -> ToolSpec:
+def _tool_spec(catalog: str, model: _ToolModel, defaults: _CatalogFile | None = None) -> ToolSpec:
     definition = types.Tool(
         name=model.name,
         title=model.title,
@@ -226,7 +253,21 @@ def _tool_spec(catalog: str, model: _ToolModel) -> ToolSpec:
     published = definition.model_dump(mode="json", by_alias=True, exclude_none=True)
     digest = _digest({"tool": published, "backend": model.backend.model_dump(mode="json")})
     validator = jsonschema.Draft202012Validator(model.input_schema, format_checker=jsonschema.FormatChecker())
-    return ToolSpec(model.name, catalog, definition, model.backend, digest, validator)
+    rate = model.rate_limit or (defaults.rate_limit if defaults else None)
+    dlp: Action = (
+        model.dlp or (defaults.dlp if defaults else None) or ("block" if catalog in PARTNER_CATALOGS else "flag")
+    )
+    return ToolSpec(
+        model.name,
+        catalog,
+        definition,
+        model.backend,
+        digest,
+        validator,
+        rate_limit=parse_rate(rate) if rate else None,
+        dlp=dlp,
+        approval_required=model.approval == "required",
+    )
 
 
 def catalog_fingerprint(catalogs_dir: Path) -> str:
@@ -282,7 +323,7 @@ def load_catalogs(catalogs_dir: Path, egress: EgressSettings) -> CatalogSet:
                 # Relative to the catalog file, like every other path in the configuration.
                 backend = model.backend.model_copy(update={"credential_file": path.parent / secret_file})
                 model = model.model_copy(update={"backend": backend})
-            tools[model.name] = _tool_spec(name, model)
+            tools[model.name] = _tool_spec(name, model, parsed)
         catalogs[name] = tools
         digests[name] = hashlib.sha256(raw).hexdigest()
     if not catalogs:

@@ -22,7 +22,8 @@ from rich.table import Table
 from rich.text import Text
 
 from mcp_gateway.audit import AuditLog
-from mcp_gateway.catalog import load_catalogs
+from mcp_gateway.breakglass_cli import approval_app, breakglass_app
+from mcp_gateway.catalog import CatalogSet, load_catalogs
 from mcp_gateway.config import Settings, load_settings
 from mcp_gateway.errors import ConfigError, GatewayError
 from mcp_gateway.policy import PolicySnapshot, load_policy
@@ -38,6 +39,8 @@ app.add_typer(config_app, name="config")
 app.add_typer(token_app, name="token")
 app.add_typer(policy_app, name="policy")
 app.add_typer(audit_app, name="audit")
+app.add_typer(breakglass_app, name="breakglass")
+app.add_typer(approval_app, name="approval")
 
 out = Console()
 err = Console(stderr=True)
@@ -215,6 +218,83 @@ def policy_matrix(
     for row in rows:
         table.add_row(*(Text(cell) for cell in row[:3]), "[green]allow[/]" if row[3] == "allow" else "[dim]deny[/]")
     out.print(table)
+
+
+def _catalogs(settings: Settings) -> CatalogSet:
+    try:
+        return load_catalogs(settings.catalogs_dir, settings.egress)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+@policy_app.command("lint")
+def policy_lint(
+    strict: Annotated[bool, typer.Option(help="Exit 1 on warnings too.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Find unknown tools and catalogs, shadowed rules, bad subjects and broad partner patterns."""
+    from mcp_gateway.policytools import lint
+
+    settings = _settings(config)
+    issues = lint(settings.policies_dir, _catalogs(settings))
+    for issue in issues:
+        colour = "red" if issue.severity == "error" else "yellow"
+        out.print(f"[{colour}]{issue.severity}[/] ", Text(f"{issue.where}: {issue.message}"), sep="")
+    errors = sum(issue.severity == "error" for issue in issues)
+    out.print(f"{errors} errors, {len(issues) - errors} warnings")
+    raise typer.Exit(1 if errors or (strict and issues) else 0)
+
+
+@policy_app.command("diff")
+def policy_diff(
+    old_dir: Annotated[Path, typer.Argument(help="The policy folder in force.")],
+    new_dir: Annotated[Path, typer.Argument(help="The proposed policy folder.")],
+    output: Annotated[MatrixFormat, typer.Option("--format")] = MatrixFormat.table,
+    config: ConfigOption = None,
+) -> None:
+    """Who gains and who loses which tool between two policy versions (exit 1 when access changes)."""
+    from mcp_gateway.policytools import diff
+
+    settings = _settings(config)
+    try:
+        gained, lost = diff(old_dir, new_dir, _catalogs(settings))
+    except ConfigError as exc:
+        _fail(str(exc))
+    rows = [("gains", *item) for item in gained] + [("loses", *item) for item in lost]
+    if output is MatrixFormat.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(("change", "subject", "catalog", "tool"))
+        writer.writerows(rows)
+    else:
+        table = Table("change", "subject", "catalog", "tool")
+        for row in rows:
+            table.add_row("[green]gains[/]" if row[0] == "gains" else "[red]loses[/]", *(Text(c) for c in row[1:]))
+        out.print(table)
+        out.print(f"{len(gained)} gained, {len(lost)} lost")
+    raise typer.Exit(1 if rows else 0)
+
+
+@policy_app.command("test")
+def policy_test(
+    cases_file: Annotated[Path, typer.Argument(help="CSV: subject,roles,catalog,tool,expect")],
+    config: ConfigOption = None,
+) -> None:
+    """Check a table of expected decisions against the policy; exit 1 on any mismatch (for CI)."""
+    from mcp_gateway.policytools import read_cases, run_cases
+
+    _, policy = _policy(config)
+    try:
+        cases = read_cases(cases_file)
+    except ConfigError as exc:
+        _fail(str(exc))
+    failed = 0
+    for case, actual, rule in run_cases(policy, cases):
+        if actual != case.expect:
+            failed += 1
+            message = f"{cases_file.name}:{case.line}: {case.subject} {list(case.roles)} {case.catalog}/{case.tool}: "
+            out.print(Text(message + f"expected {case.expect}, got {actual} by {rule}"), style="red")
+    out.print(f"{len(cases) - failed} passed, {failed} failed")
+    raise typer.Exit(1 if failed else 0)
 
 
 def _audit_log(config: Path | None) -> AuditLog:

@@ -21,6 +21,7 @@ from mcp_gateway.errors import ConfigError
 
 __all__ = [
     "DEFAULT_CONFIG",
+    "BreakGlassSettings",
     "EgressSettings",
     "HttpSettings",
     "IdentitySettings",
@@ -140,6 +141,20 @@ class HttpSettings(_Section):
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
 
+class BreakGlassSettings(_Section):
+    mfa_methods: tuple[str, ...] = Field(
+        default=("mfa", "otp", "hwk", "sc"),
+        description="Security: `amr` values (RFC 8176) that prove a second factor; a request or approval needs one.",
+    )
+    approver_roles: tuple[str, ...] = Field(
+        default=("breakglass-approver",), description="Token roles allowed to approve grants and held calls."
+    )
+    max_ttl: int = Field(default=3600, ge=60, le=86_400, description="Longest grant, seconds.")
+    pending_ttl: int = Field(default=3600, ge=60, le=86_400, description="Unapproved requests lapse after this.")
+    approval_ttl: int = Field(default=900, ge=30, le=86_400, description="How long an approved held call stays usable.")
+    catalogs: tuple[str, ...] = Field(default=("internal",), description="Catalogs whose callers may request grants.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MCP_GATEWAY_", env_nested_delimiter="__", extra="forbid", frozen=True)
 
@@ -153,6 +168,7 @@ class Settings(BaseSettings):
     policy_reload_interval: float = Field(default=2.0, gt=0, description="Seconds between policy/catalog checks.")
     max_argument_bytes: int = Field(default=65_536, ge=256, le=16 * 1024 * 1024)
     max_argument_depth: int = Field(default=32, ge=2, le=256)
+    breakglass: BreakGlassSettings = BreakGlassSettings()
 
     @classmethod
     def settings_customise_sources(

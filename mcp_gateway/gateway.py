@@ -4,11 +4,16 @@ Transports turn a session into a :class:`~mcp_gateway.identity.Principal` and ha
 The call path refuses cheaply before it works expensively:
 
 1. catalog   the caller's audience picks the catalog; a tool not in it is unknown
-2. policy    Casbin (compiled) decides; a tool the caller may not call is indistinguishable from unknown
-3. limits    argument size, depth and JSON Schema, after the policy so a hidden tool's schema reveals nothing
+2. policy    Casbin (compiled) decides; a tool the caller may not call is indistinguishable from unknown,
+             unless an approved break-glass grant covers exactly this subject and tool (rule ``breakglass:<id>``)
+3. limits    after the policy, so a hidden tool's limits and schema reveal nothing, cheapest first:
+             rate limit (token bucket), argument depth and size, JSON Schema, DLP scan of the arguments,
+             then the second-person approval of this exact call where the tool requires one
 4. audit     the decision row is committed before any backend work: no side effect goes unrecorded
-5. backend   the in-boundary request, with server-side credentials only
-6. audit     the outcome row is committed before the result goes out; if it cannot be, the result is withheld
+5. backend   the in-boundary request, with server-side credentials only, given the one parsed (and, under a
+             ``redact`` action, redacted) argument object that was validated and digested
+6. DLP       the result is scanned; ``block`` withholds it, ``redact`` rewrites it
+7. audit     the outcome row is committed before the result goes out; if it cannot be, the result is withheld
 """
 
 from __future__ import annotations
@@ -25,21 +30,26 @@ from typing import Any
 
 import mcp_types as types
 
+from mcp_gateway import dlp
 from mcp_gateway.audit import AuditEntry, AuditLog
+from mcp_gateway.breakglass import BreakGlass
 from mcp_gateway.catalog import TOOL_NAME, CatalogSet, ToolSpec, catalog_fingerprint, load_catalogs
 from mcp_gateway.config import Settings
 from mcp_gateway.errors import (
     CallError,
     ConfigError,
+    DlpBlockedError,
     GatewayError,
     InvalidArgumentsError,
     RequestError,
+    UnavailableError,
     UnknownToolError,
     to_call_result,
     to_mcp_error,
 )
 from mcp_gateway.identity import Principal
 from mcp_gateway.policy import PolicyEngine, ReloadResult
+from mcp_gateway.ratelimit import RateLimiter
 from mcp_gateway.telemetry import current_trace_id
 from mcp_gateway.upstream import HttpUpstream
 
@@ -78,16 +88,17 @@ def new_request_id() -> str:
 
 
 def _canonical_arguments(arguments: Mapping[str, Any]) -> bytes:
-    # allow_nan=False: NaN passes every JSON Schema bound (comparisons with NaN are false) and is not JSON.
+    # allow_nan=False: NaN and Infinity are not JSON, and a backend would parse them differently (or not at all).
+    # Lone surrogates fail to encode (UnicodeEncodeError is a ValueError).
     try:
         return json.dumps(
             arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
         ).encode()
-    except (TypeError, ValueError, RecursionError) as exc:
+    except (TypeError, ValueError) as exc:
         raise InvalidArgumentsError(f"arguments are not JSON: {exc}") from exc
 
 
-def _depth(value: Mapping[str, Any], limit: int) -> int:
+def _depth(value: Any, limit: int) -> int:
     """Nesting depth of a JSON value, iteratively (no recursion for an attacker to exhaust)."""
     deepest = 0
     stack: list[tuple[Any, int]] = [(value, 1)]
@@ -115,8 +126,17 @@ class ReloadReport:
 class Gateway:
     """Holds policy, catalogs, audit and backends; answers ``tools/list`` and ``tools/call`` for a principal."""
 
-    def __init__(self, settings: Settings, *, audit: AuditLog, policy: PolicyEngine, upstream: HttpUpstream) -> None:
-        """Load catalogs and wire the components.
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        audit: AuditLog,
+        policy: PolicyEngine,
+        upstream: HttpUpstream,
+        limiter: RateLimiter | None = None,
+        breakglass: BreakGlass | None = None,
+    ) -> None:
+        """Load catalogs and wire the components. Without ``breakglass``, no grant applies and held calls fail closed.
 
         Raises:
             ConfigError: a catalog does not load; the gateway refuses to start.
@@ -128,6 +148,8 @@ class Gateway:
         self._catalog_files = catalog_fingerprint(settings.catalogs_dir)
         self._catalogs = load_catalogs(settings.catalogs_dir, settings.egress)
         self._visible: dict[tuple[Any, ...], tuple[types.Tool, ...]] = {}
+        self.limiter = limiter if limiter is not None else RateLimiter()
+        self.breakglass = breakglass
 
     @property
     def catalogs(self) -> CatalogSet:
@@ -161,7 +183,10 @@ class Gateway:
             MCPError: the audit row could not be written (the list is withheld).
         """
         started = time.perf_counter()
-        tools = self.visible_tools(principal)
+        try:
+            tools = self.visible_tools(principal) + self._granted(principal)
+        except GatewayError as exc:
+            raise to_mcp_error(exc, request_id) from exc
         entry = AuditEntry(
             event="tools/list",
             decision="allow",
@@ -214,14 +239,28 @@ class Gateway:
             decision = snapshot.decide(principal.subject, principal.roles, principal.catalog, name)
             entry = replace(entry, tool_digest=tool.digest, rule=decision.rule)
             if not decision.allowed:
-                raise UnknownToolError(f"policy denies: {decision.rule}")
+                grant = self._grant_for(principal, name)
+                if grant is None:
+                    raise UnknownToolError(f"policy denies: {decision.rule}")
+                detail = {**(entry.detail or {}), "breakglass": grant, "policy_rule": decision.rule}
+                entry = replace(entry, rule=f"breakglass:{grant}", detail=detail)
             entry = replace(entry, decision="allow")
+            # A grant changes the decision only: the limits below apply to every call.
+            self.limiter.take(principal.catalog, principal.subject, name, tool.rate_limit)
             canonical = self._check_arguments(tool, arguments)
-            entry = replace(entry, args_digest=hashlib.sha256(canonical).hexdigest())
+            digest = hashlib.sha256(canonical).hexdigest()
+            entry = replace(entry, args_digest=digest)
+            forwarded, entry = self._scan_arguments(tool, arguments, entry)
+            if tool.approval_required:
+                if self.breakglass is None:
+                    raise UnavailableError(f"{name} requires approval but no approval store is configured")
+                approval = self.breakglass.claim_call(principal, name, digest, snapshot.version)
+                entry = replace(entry, detail={**(entry.detail or {}), "approval": approval})
             # The decision is on record before the backend is touched.
             self.audit.record(replace(entry, outcome="started"))
             opened = True
-            result = await self.upstream.call(tool, arguments, request_id)
+            result = await self.upstream.call(tool, forwarded, request_id)
+            result, entry = self._scan_result(tool, result, entry)
             # The outcome is on record before the result goes out; if it cannot be, _refuse withholds it.
             self.audit.record(replace(entry, event=RESULT, outcome="ok", latency_ms=_ms(started)))
         except GatewayError as exc:
@@ -235,15 +274,81 @@ class Gateway:
             raise
         return result
 
+    def _granted(self, principal: Principal) -> tuple[types.Tool, ...]:
+        """Tools shown because of an active break-glass grant, beyond what the policy shows."""
+        if self.breakglass is None or principal.catalog not in self.settings.breakglass.catalogs:
+            return ()
+        granted = self.breakglass.granted_tools(principal.subject, principal.catalog)
+        if not granted:
+            return ()
+        shown = {tool.name for tool in self.visible_tools(principal)}
+        return tuple(
+            tool.definition
+            for tool in self._catalogs.tools(principal.catalog)
+            if tool.name in granted and tool.name not in shown
+        )
+
+    def _grant_for(self, principal: Principal, name: str) -> str | None:
+        if self.breakglass is None or principal.catalog not in self.settings.breakglass.catalogs:
+            return None
+        return self.breakglass.active_grant(principal.subject, principal.catalog, name)
+
+    def _scan_arguments(
+        self, tool: ToolSpec, arguments: Mapping[str, Any], entry: AuditEntry
+    ) -> tuple[Mapping[str, Any], AuditEntry]:
+        found = dlp.scan(arguments, "arguments")
+        if not found:
+            return arguments, entry
+        entry = _with_findings(entry, tool.dlp, found)
+        if tool.dlp == "block":
+            raise DlpBlockedError(
+                f"arguments: {_rules(found)}",
+                public_detail=f"{_rules(found)} in {_paths(found, 'arguments')}",
+                audit_detail=entry.detail,
+            )
+        if tool.dlp == "flag":
+            return arguments, entry
+        redacted = dlp.redact(arguments)
+        # Redaction must not smuggle arguments past the schema the backend relies on.
+        if next(iter(tool.validator.iter_errors(redacted)), None) is not None:
+            raise DlpBlockedError(
+                f"arguments: {_rules(found)}; redacted arguments no longer match the schema",
+                public_detail=f"{_rules(found)} in {_paths(found, 'arguments')}",
+                audit_detail=entry.detail,
+            )
+        return redacted, replace(entry, detail={**(entry.detail or {}), "forwarded_digest": _digest(redacted)})
+
+    def _scan_result(
+        self, tool: ToolSpec, result: types.CallToolResult, entry: AuditEntry
+    ) -> tuple[types.CallToolResult, AuditEntry]:
+        texts = [block.text for block in result.content if isinstance(block, types.TextContent)]
+        found = dlp.scan({"content": texts, "structured": result.structured_content}, "result")
+        if not found:
+            return result, entry
+        entry = _with_findings(entry, tool.dlp, found)
+        if tool.dlp == "block":
+            raise DlpBlockedError(
+                f"result: {_rules(found)}", public_detail=f"{_rules(found)} in the result", audit_detail=entry.detail
+            )
+        if tool.dlp == "flag":
+            return result, entry
+        content = [
+            types.TextContent(text=dlp.redact(block.text)) if isinstance(block, types.TextContent) else block
+            for block in result.content
+        ]
+        structured = dlp.redact(result.structured_content) if result.structured_content is not None else None
+        return result.model_copy(update={"content": content, "structured_content": structured}), entry
+
     def _refuse(
         self, entry: AuditEntry, exc: GatewayError, started: float, request_id: str, *, opened: bool
     ) -> types.CallToolResult:
         outcome = replace(
             entry,
+            # The outcome of a call whose decision row is on record; otherwise the refusal is the decision.
             event=RESULT if opened else CALL,
             outcome=exc.code,
             latency_ms=_ms(started),
-            detail={**(entry.detail or {}), "error": str(exc)},
+            detail={**(entry.detail or {}), **getattr(exc, "audit_detail", {}), "error": str(exc)},
         )
         try:
             self.audit.record(outcome)
@@ -256,16 +361,17 @@ class Gateway:
         return to_call_result(exc, request_id)
 
     def _check_arguments(self, tool: ToolSpec, arguments: Mapping[str, Any]) -> bytes:
+        # Depth first, iteratively: json.dumps recurses and would hit the interpreter's limit on hostile nesting.
+        depth_limit = self.settings.max_argument_depth
+        if _depth(arguments, depth_limit) > depth_limit:
+            raise InvalidArgumentsError(
+                f"arguments nest deeper than {depth_limit}", public_detail=f"nested deeper than {depth_limit}"
+            )
         canonical = _canonical_arguments(arguments)
         limit = self.settings.max_argument_bytes
         if len(canonical) > limit:
             raise InvalidArgumentsError(
                 f"arguments are {len(canonical)} bytes, over {limit}", public_detail=f"larger than {limit} bytes"
-            )
-        depth_limit = self.settings.max_argument_depth
-        if _depth(arguments, depth_limit) > depth_limit:
-            raise InvalidArgumentsError(
-                f"arguments nest deeper than {depth_limit}", public_detail=f"nested deeper than {depth_limit}"
             )
         error = next(iter(tool.validator.iter_errors(arguments)), None)
         if error is not None:
@@ -348,6 +454,30 @@ def _catalog_diff(old: CatalogSet, new: CatalogSet) -> dict[str, Any]:
             "changed": sorted(tool for tool in set(before) & set(after) if before[tool] != after[tool]),
         }
     return {"catalogs": diff}
+
+
+_MAX_FINDINGS = 32  # per audit row; the count says how many there were
+
+
+def _with_findings(entry: AuditEntry, action: str, found: list[dlp.Finding]) -> AuditEntry:
+    """Record rule ids and paths (never matched values) in the row's detail."""
+    unique = list(dict.fromkeys(found))
+    detail = dict(entry.detail or {})
+    records = [*detail.get("dlp", []), *(finding.as_record() for finding in unique[:_MAX_FINDINGS])]
+    detail.update(dlp=records, dlp_action=action, dlp_count=detail.get("dlp_count", 0) + len(unique))
+    return replace(entry, detail=detail)
+
+
+def _rules(found: list[dlp.Finding]) -> str:
+    return ", ".join(dict.fromkeys(finding.rule for finding in found))
+
+
+def _paths(found: list[dlp.Finding], root: str) -> str:
+    return ", ".join(dict.fromkeys(finding.path for finding in found))[:200] or root
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(_canonical_arguments(value)).hexdigest()
 
 
 def _ms(started: float) -> float:

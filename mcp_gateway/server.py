@@ -40,6 +40,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_gateway import __version__
 from mcp_gateway.audit import AuditEntry, AuditLog
+from mcp_gateway.breakglass import BreakGlass
 from mcp_gateway.config import Settings, origin_of
 from mcp_gateway.egress import guarded_get
 from mcp_gateway.errors import GatewayError, UnauthenticatedError, to_mcp_error
@@ -78,7 +79,10 @@ def build_gateway(settings: Settings) -> Gateway:
     """
     policy = PolicyEngine(settings.policies_dir)
     audit = AuditLog(settings.database_url)
-    gateway = Gateway(settings, audit=audit, policy=policy, upstream=HttpUpstream(settings.egress))
+    breakglass = BreakGlass(settings.database_url, settings.breakglass, audit)
+    gateway = Gateway(
+        settings, audit=audit, policy=policy, upstream=HttpUpstream(settings.egress), breakglass=breakglass
+    )
     audit.record(
         AuditEntry(
             event="gateway.start",
@@ -353,6 +357,8 @@ async def serve_stdio(settings: Settings) -> None:
             await server.run(read_stream, write_stream, server.create_initialization_options())
     finally:
         await gateway.upstream.aclose()
+        if gateway.breakglass is not None:
+            gateway.breakglass.close()
         gateway.audit.close()
 
 
@@ -367,4 +373,6 @@ async def run_http(settings: Settings) -> None:
     try:
         await uvicorn.Server(config).serve()
     finally:
+        if gateway.breakglass is not None:
+            gateway.breakglass.close()
         gateway.audit.close()

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from mcp_gateway.devkeys import DevKey, ensure_dev_key
+from mcp_gateway.gateway import Gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 ISSUER = "https://idp.test.internal"
@@ -218,3 +219,39 @@ def postgres_url() -> Iterator[str]:
     finally:
         subprocess.run([*pg_ctl, "-m", "fast", "stop"], check=False, capture_output=True)
         shutil.rmtree(data, ignore_errors=True)
+
+
+# --- the transport-free core, built from a deployment (catalogs can be edited first) ---------------------
+
+
+def configure(deployment: Deployment, catalog: str, tool: str | None = None, **keys: Any) -> None:
+    """Set top-level keys of a catalog file, or keys of one of its tools."""
+    path = deployment.root / "catalogs" / f"{catalog}.yaml"
+    data = yaml.safe_load(path.read_text())
+    target = data if tool is None else next(item for item in data["tools"] if item["name"] == tool)
+    target.update(keys)
+    path.write_text(yaml.safe_dump(data))
+
+
+GatewayFactory = Callable[[], Gateway]
+
+
+@pytest.fixture
+async def make_gateway(deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[GatewayFactory]:
+    monkeypatch.setenv("INVENTORY_API_KEY", API_KEY)
+    built: list[Gateway] = []
+
+    def make() -> Gateway:
+        from mcp_gateway.config import load_settings
+        from mcp_gateway.server import build_gateway
+
+        gateway = build_gateway(load_settings(deployment.config))
+        built.append(gateway)
+        return gateway
+
+    yield make
+    for gateway in built:
+        await gateway.upstream.aclose()
+        if gateway.breakglass is not None:
+            gateway.breakglass.close()
+        gateway.audit.close()
