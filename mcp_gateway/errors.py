@@ -11,7 +11,9 @@ a stable machine-readable ``code``, the ``public_message`` the caller sees, and 
   * CallError                -> ``CallToolResult(is_error=True)`` with structured content
     x InvalidArgumentsError  arguments too large, too deep or not matching the tool's schema
     x UpstreamError          the in-boundary backend failed, timed out or answered too much
+      x ModelEndpointError   a model endpoint failed, timed out or answered garbage: counts against its breaker
     x UnavailableError       the gateway cannot establish policy or audit: fail closed
+      x ModelUnavailableError  every approved model for the tool is down or failed (same code)
 
 The caller sees only ``public_message``, the ``code`` and the request id. The detailed ``str(exc)`` goes
 to the audit trail and the span, never to the caller.
@@ -29,6 +31,8 @@ __all__ = [
     "ConfigError",
     "GatewayError",
     "InvalidArgumentsError",
+    "ModelEndpointError",
+    "ModelUnavailableError",
     "RequestError",
     "UnauthenticatedError",
     "UnavailableError",
@@ -96,9 +100,19 @@ class UpstreamError(CallError):
     public_message: ClassVar[str] = "The tool's backend failed"
 
 
+class ModelEndpointError(UpstreamError):
+    """A model endpoint is down or broken (timeout, connection, 5xx, malformed answer): try the fallback."""
+
+
 class UnavailableError(CallError):
     code: ClassVar[str] = "unavailable"
     public_message: ClassVar[str] = "The gateway cannot process calls right now"
+
+
+class ModelUnavailableError(UnavailableError):
+    """No approved model (the tool's own or a fallback) could answer: each was down or failed."""
+
+    public_message: ClassVar[str] = "No approved model is available for this tool right now"
 
 
 def _public_text(exc: GatewayError) -> str:

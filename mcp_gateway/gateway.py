@@ -25,7 +25,7 @@ from typing import Any
 import mcp_types as types
 
 from mcp_gateway.audit import AuditEntry, AuditLog
-from mcp_gateway.catalog import CatalogSet, ToolSpec, catalog_fingerprint, load_catalogs
+from mcp_gateway.catalog import CatalogSet, ModelBackend, ToolSpec, catalog_fingerprint, load_catalogs
 from mcp_gateway.config import Settings
 from mcp_gateway.errors import (
     CallError,
@@ -38,6 +38,7 @@ from mcp_gateway.errors import (
     to_mcp_error,
 )
 from mcp_gateway.identity import Principal
+from mcp_gateway.llm import ModelRouter, ProgressFn
 from mcp_gateway.policy import PolicyEngine
 from mcp_gateway.telemetry import current_trace_id
 from mcp_gateway.upstream import HttpUpstream
@@ -88,7 +89,15 @@ class ReloadReport:
 class Gateway:
     """Holds policy, catalogs, audit and backends; answers ``tools/list`` and ``tools/call`` for a principal."""
 
-    def __init__(self, settings: Settings, *, audit: AuditLog, policy: PolicyEngine, upstream: HttpUpstream) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        audit: AuditLog,
+        policy: PolicyEngine,
+        upstream: HttpUpstream,
+        models: ModelRouter | None = None,
+    ) -> None:
         """Load catalogs and wire the components.
 
         Raises:
@@ -98,6 +107,7 @@ class Gateway:
         self.audit = audit
         self.policy = policy
         self.upstream = upstream
+        self.models = models if models is not None else ModelRouter(settings.egress)
         self._catalog_files = catalog_fingerprint(settings.catalogs_dir)
         self._catalogs = load_catalogs(settings.catalogs_dir, settings.egress)
         self._visible: dict[tuple[Any, ...], tuple[types.Tool, ...]] = {}
@@ -105,6 +115,11 @@ class Gateway:
     @property
     def catalogs(self) -> CatalogSet:
         return self._catalogs
+
+    async def aclose(self) -> None:
+        """Close the backends' connection pools."""
+        await self.upstream.aclose()
+        await self.models.aclose()
 
     def ready(self) -> tuple[bool, str | None]:
         """Whether calls can be served: the audit trail must be reachable (policy and catalogs always are)."""
@@ -158,9 +173,16 @@ class Gateway:
         return list(tools)
 
     async def call_tool(
-        self, principal: Principal, name: str, arguments: Mapping[str, Any] | None, request_id: str
+        self,
+        principal: Principal,
+        name: str,
+        arguments: Mapping[str, Any] | None,
+        request_id: str,
+        progress: ProgressFn | None = None,
     ) -> types.CallToolResult:
         """Answer ``tools/call`` under every rule in the module docstring.
+
+        ``progress`` is given when the caller asked for progress notifications; a model tool then streams.
 
         Raises:
             MCPError: the tool is unknown to this caller (or hidden from it), or the refusal could not be audited.
@@ -180,7 +202,9 @@ class Gateway:
             policy_version=snapshot.version,
         )
         arguments = arguments or {}
-        tool = self._catalogs.lookup(principal.catalog, name)
+        catalogs = self._catalogs
+        tool = catalogs.lookup(principal.catalog, name)
+        detail: dict[str, Any] | None = None
         decision_rule = "unknown-tool"
         try:
             if tool is None:
@@ -195,10 +219,14 @@ class Gateway:
             base = _with(base, args_digest=hashlib.sha256(canonical).hexdigest())
             # The decision is on record before the backend is touched.
             self._audit(_with(base, outcome="started"))
-            result = await self.upstream.call(tool, arguments, request_id)
+            if isinstance(tool.backend, ModelBackend):
+                outcome = await self.models.call(tool, catalogs.models, arguments, request_id, progress)
+                result, detail = outcome.result, outcome.detail
+            else:
+                result = await self.upstream.call(tool, arguments, request_id)
         except GatewayError as exc:
             return self._refuse(_with(base, rule=base.rule or decision_rule), exc, started, request_id)
-        self._audit(_with(base, event="tools/call.result", outcome="ok", latency_ms=_ms(started)))
+        self._audit(_with(base, event="tools/call.result", outcome="ok", latency_ms=_ms(started), detail=detail))
         return result
 
     def _refuse(self, entry: AuditEntry, exc: GatewayError, started: float, request_id: str) -> types.CallToolResult:
