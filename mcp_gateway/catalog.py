@@ -22,7 +22,7 @@ import mcp_types as types
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mcp_gateway.config import EgressSettings, describe_validation_error
+from mcp_gateway.config import EgressSettings
 from mcp_gateway.errors import ConfigError
 from mcp_gateway.inventory import INVENTORY_FILE, Inventory, entry_digest, load_inventory
 

@@ -135,7 +135,7 @@ def test_broken_model_inventory_refuses_the_catalogs(tmp_path: Path) -> None:
     write_tools(folder, a_tool())
     write(folder, "not: [a catalog\n", name="models.yaml")
 
-    with pytest.raises(ConfigError, match="models.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"models\.yaml: not valid YAML"):
         load_catalogs(folder, EGRESS)
 
 
