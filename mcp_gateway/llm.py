@@ -67,14 +67,15 @@ def map_openai_errors(model: str) -> Iterator[None]:
     """Translate OpenAI client failures at this one edge.
 
     Raises:
-        ModelEndpointError: the endpoint timed out, could not be reached, answered 5xx, 408 or 429, or sent an
+        ModelEndpointError: the endpoint timed out, could not be reached, answered 3xx, 5xx, 408 or 429, or sent an
             answer that does not parse. Counts against the endpoint's breaker.
         UpstreamError: the endpoint refused the request itself (another 4xx).
     """
     try:
         yield
     except openai.APIStatusError as exc:
-        if exc.status_code >= 500 or exc.status_code in (408, 429):
+        # 3xx included: redirects are never followed, so an endpoint that redirects is misconfigured or moved.
+        if not 400 <= exc.status_code < 500 or exc.status_code in (408, 429):
             raise ModelEndpointError(f"{model}: endpoint answered HTTP {exc.status_code}") from exc
         raise UpstreamError(f"{model}: endpoint refused the request with HTTP {exc.status_code}") from exc
     except (openai.APITimeoutError, TimeoutError) as exc:
