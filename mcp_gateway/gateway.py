@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mcp_types as types
 
@@ -38,7 +38,9 @@ from mcp_gateway.errors import (
     to_mcp_error,
 )
 from mcp_gateway.identity import Principal
-from mcp_gateway.llm import ModelRouter, ProgressFn
+
+if TYPE_CHECKING:
+    from mcp_gateway.llm import ModelRouter, ProgressFn
 from mcp_gateway.policy import PolicyEngine
 from mcp_gateway.telemetry import current_trace_id
 from mcp_gateway.upstream import HttpUpstream
@@ -107,7 +109,7 @@ class Gateway:
         self.audit = audit
         self.policy = policy
         self.upstream = upstream
-        self.models = models if models is not None else ModelRouter(settings.egress)
+        self._models = models
         self._catalog_files = catalog_fingerprint(settings.catalogs_dir)
         self._catalogs = load_catalogs(settings.catalogs_dir, settings.egress)
         self._visible: dict[tuple[Any, ...], tuple[types.Tool, ...]] = {}
@@ -116,10 +118,20 @@ class Gateway:
     def catalogs(self) -> CatalogSet:
         return self._catalogs
 
+    @property
+    def models(self) -> ModelRouter:
+        """The model router, built on first use: the OpenAI client costs about a second to import."""
+        if self._models is None:
+            from mcp_gateway.llm import ModelRouter
+
+            self._models = ModelRouter(self.settings.egress)
+        return self._models
+
     async def aclose(self) -> None:
         """Close the backends' connection pools."""
         await self.upstream.aclose()
-        await self.models.aclose()
+        if self._models is not None:
+            await self._models.aclose()
 
     def ready(self) -> tuple[bool, str | None]:
         """Whether calls can be served: the audit trail must be reachable (policy and catalogs always are)."""

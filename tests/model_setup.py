@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +12,7 @@ import yaml
 
 from mcp_gateway.audit import AuditLog
 from mcp_gateway.config import Settings, load_settings
+from mcp_gateway.devkeys import ensure_dev_key
 from mcp_gateway.gateway import Gateway
 from mcp_gateway.identity import Principal
 from mcp_gateway.llm import ModelRouter
@@ -75,7 +77,7 @@ def write_deployment(
     with (root / "policies" / "internal.csv").open("a") as policy:
         policy.write("p, role:support, internal, llm.*, call, allow\n")
     jwks = root / "jwks.json"
-    jwks.write_text('{"keys": []}')
+    jwks.write_text(json.dumps(ensure_dev_key(root / "keys").jwks()))
     config = {
         "identity": {"issuer": ISSUER, "audience": "http://127.0.0.1:1/mcp", "jwks_file": str(jwks)},
         "egress": {"allow": allow},
