@@ -9,15 +9,17 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import anyio
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -27,6 +29,9 @@ from mcp_gateway.catalog import CatalogSet, load_catalogs
 from mcp_gateway.config import Settings, load_settings
 from mcp_gateway.errors import ConfigError, GatewayError
 from mcp_gateway.policy import PolicySnapshot, load_policy
+
+if TYPE_CHECKING:
+    from mcp_gateway.inventory import Inventory, ModelEntry
 
 __all__ = ["app", "main"]
 
@@ -41,6 +46,8 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(audit_app, name="audit")
 app.add_typer(breakglass_app, name="breakglass")
 app.add_typer(approval_app, name="approval")
+models_app = typer.Typer(help="The approved-model inventory (catalogs/models.yaml).", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 
 out = Console()
 err = Console(stderr=True)
@@ -119,6 +126,8 @@ def config_check(config: ConfigOption = None) -> None:
         _fail(str(exc))
     for name, tools in catalogs.names().items():
         out.print(f"catalog [bold]{name}[/]: {len(tools)} tools")
+    approved = sum(entry.approved for entry in catalogs.models.entries.values())
+    out.print(f"models: {len(catalogs.models.entries)} in the inventory, {approved} approved")
     out.print(f"policy: {len(policy.rules)} rules, {len(policy.groupings)} groupings, version {policy.version[:12]}")
     out.print("[green]configuration OK[/]")
 
@@ -368,3 +377,83 @@ def _utc(value: str) -> str:
 
 def main() -> None:
     app()
+
+
+# -- models ---------------------------------------------------------------------------------------------------
+
+
+def _inventory(config: Path | None) -> Inventory:
+    from mcp_gateway.inventory import INVENTORY_FILE, load_inventory
+
+    settings = _settings(config)
+    try:
+        return load_inventory(settings.catalogs_dir / INVENTORY_FILE, settings.egress)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def _bar() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err)
+
+
+@models_app.command("list")
+def models_list(config: ConfigOption = None) -> None:
+    """Every model in the inventory: endpoint, version, owner, approval and the catalogs that may use it."""
+    inventory = _inventory(config)
+    table = Table("name", "provider", "served model", "version", "owner", "approved", "catalogs", "cap", "fallback")
+    for entry in inventory.entries.values():
+        cells = (
+            entry.name,
+            entry.provider,
+            entry.served_model,
+            entry.version,
+            entry.owner,
+            "yes" if entry.approved else "no",
+            ", ".join(entry.catalogs),
+            str(entry.max_tokens),
+            entry.fallback or "",
+        )
+        table.add_row(*(Text(cell) for cell in cells))
+    out.print(table)
+
+
+@models_app.command("verify")
+def models_verify(config: ConfigOption = None) -> None:
+    """Hash each weights file and compare it with the inventory's sha256; exit 1 on a mismatch or missing file."""
+    from mcp_gateway.inventory import verify_weights
+
+    inventory = _inventory(config)
+    with _bar() as bar:
+
+        def progress(entry: ModelEntry, path: Path) -> Callable[[int], None]:
+            task = bar.add_task(entry.name, total=path.stat().st_size)
+            return lambda advance: bar.advance(task, advance)
+
+        checks = verify_weights(inventory, progress)
+    bad = False
+    for check in checks:
+        bad |= check.status in ("mismatch", "missing")
+        out.print(Text(f"{check.name}: {check.status}" + (f" ({check.path})" if check.path else "")))
+    raise typer.Exit(1 if bad else 0)
+
+
+@models_app.command("import")
+def models_import(
+    file: Annotated[Path, typer.Argument(help="The weights file brought in by hand.", exists=True, dir_okay=False)],
+    name: Annotated[str, typer.Option("--name", help="The inventory entry it belongs to.")],
+    sha256: Annotated[str, typer.Option("--sha256", help="The expected SHA-256, from the release record.")],
+    config: ConfigOption = None,
+) -> None:
+    """Copy weights into the artifact folder, only if their SHA-256 matches (and matches the inventory's)."""
+    from mcp_gateway.inventory import import_weights
+
+    inventory = _inventory(config)
+    try:
+        with _bar() as bar:
+            task = bar.add_task(name, total=file.stat().st_size)
+            placed = import_weights(inventory, name, file, sha256, lambda advance: bar.advance(task, advance))
+    except ConfigError as exc:
+        _fail(str(exc), code=1)
+    except OSError as exc:
+        _fail(f"models import: {exc}", code=1)
+    out.print(Text(f"imported {name} -> {placed}"))

@@ -14,8 +14,10 @@ a stable machine-readable ``code``, the ``public_message`` the caller sees, and 
     x DlpBlockedError        arguments or result carry data the tool's DLP action blocks
     x ApprovalRequiredError  the tool needs a second person's approval of this exact call; carries its id
     x UpstreamError          the in-boundary backend failed, timed out or answered too much
+      x ModelEndpointError   a model endpoint failed, timed out or answered garbage: counts against its breaker
     x UnavailableError       the gateway cannot establish policy or audit: fail closed
   * BreakGlassError          a break-glass or approval command refused (CLI; exit status 1)
+      x ModelUnavailableError  every approved model for the tool is down or failed (same code)
 
 The caller sees only ``public_message``, the ``code`` and the request id. The detailed ``str(exc)`` goes
 to the audit trail and the span, never to the caller.
@@ -37,6 +39,8 @@ __all__ = [
     "DlpBlockedError",
     "GatewayError",
     "InvalidArgumentsError",
+    "ModelEndpointError",
+    "ModelUnavailableError",
     "RateLimitedError",
     "RequestError",
     "UnauthenticatedError",
@@ -153,6 +157,10 @@ class UpstreamError(CallError):
     public_message: ClassVar[str] = "The tool's backend failed"
 
 
+class ModelEndpointError(UpstreamError):
+    """A model endpoint is down or broken (timeout, connection, 5xx, malformed answer): try the fallback."""
+
+
 class UnavailableError(CallError):
     code: ClassVar[str] = "unavailable"
     public_message: ClassVar[str] = "The gateway cannot process calls right now"
@@ -163,6 +171,12 @@ class BreakGlassError(GatewayError):
 
     code: ClassVar[str] = "breakglass_refused"
     public_message: ClassVar[str] = "Break-glass request refused"
+
+
+class ModelUnavailableError(UnavailableError):
+    """No approved model (the tool's own or a fallback) could answer: each was down or failed."""
+
+    public_message: ClassVar[str] = "No approved model is available for this tool right now"
 
 
 def _public_text(exc: GatewayError) -> str:

@@ -26,14 +26,14 @@ import uuid
 from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mcp_types as types
 
 from mcp_gateway import dlp
 from mcp_gateway.audit import AuditEntry, AuditLog
 from mcp_gateway.breakglass import BreakGlass
-from mcp_gateway.catalog import TOOL_NAME, CatalogSet, ToolSpec, catalog_fingerprint, load_catalogs
+from mcp_gateway.catalog import TOOL_NAME, CatalogSet, ModelBackend, ToolSpec, catalog_fingerprint, load_catalogs
 from mcp_gateway.config import Settings
 from mcp_gateway.errors import (
     CallError,
@@ -52,6 +52,9 @@ from mcp_gateway.policy import PolicyEngine, ReloadResult
 from mcp_gateway.ratelimit import RateLimiter
 from mcp_gateway.telemetry import current_trace_id
 from mcp_gateway.upstream import HttpUpstream
+
+if TYPE_CHECKING:
+    from mcp_gateway.llm import ModelRouter, ProgressFn
 
 __all__ = ["Gateway", "ReloadReport", "new_request_id"]
 
@@ -135,6 +138,7 @@ class Gateway:
         upstream: HttpUpstream,
         limiter: RateLimiter | None = None,
         breakglass: BreakGlass | None = None,
+        models: ModelRouter | None = None,
     ) -> None:
         """Load catalogs and wire the components. Without ``breakglass``, no grant applies and held calls fail closed.
 
@@ -145,6 +149,7 @@ class Gateway:
         self.audit = audit
         self.policy = policy
         self.upstream = upstream
+        self._models = models
         self._catalog_files = catalog_fingerprint(settings.catalogs_dir)
         self._catalogs = load_catalogs(settings.catalogs_dir, settings.egress)
         self._visible: dict[tuple[Any, ...], tuple[types.Tool, ...]] = {}
@@ -154,6 +159,23 @@ class Gateway:
     @property
     def catalogs(self) -> CatalogSet:
         return self._catalogs
+
+    @property
+    def models(self) -> ModelRouter:
+        """The model router, built on first use: the OpenAI client costs about a second to import."""
+        if self._models is None:
+            from mcp_gateway.llm import ModelRouter
+
+            self._models = ModelRouter(self.settings.egress)
+        return self._models
+
+    async def aclose(self) -> None:
+        """Close the backends' connection pools and the break-glass store (the audit trail is closed by its owner)."""
+        await self.upstream.aclose()
+        if self._models is not None:
+            await self._models.aclose()
+        if self.breakglass is not None:
+            self.breakglass.close()
 
     def ready(self) -> tuple[bool, str | None]:
         """Whether calls can be served: the audit trail must be reachable (policy and catalogs always are)."""
@@ -207,9 +229,16 @@ class Gateway:
         return list(tools)
 
     async def call_tool(
-        self, principal: Principal, name: str, arguments: Mapping[str, Any] | None, request_id: str
+        self,
+        principal: Principal,
+        name: str,
+        arguments: Mapping[str, Any] | None,
+        request_id: str,
+        progress: ProgressFn | None = None,
     ) -> types.CallToolResult:
         """Answer ``tools/call`` under every rule in the module docstring.
+
+        ``progress`` is given when the caller asked for progress notifications; a model tool then streams.
 
         Raises:
             MCPError: the tool is unknown to this caller (or hidden from it), or the refusal could not be audited.
@@ -230,9 +259,10 @@ class Gateway:
             detail=_caller_detail(principal, name),
         )
         arguments = arguments or {}
+        catalogs = self._catalogs
         opened = False  # whether the decision row (outcome "started") is on record
         try:
-            tool = self._catalogs.lookup(principal.catalog, name)
+            tool = catalogs.lookup(principal.catalog, name)
             if tool is None:
                 entry = replace(entry, rule="unknown-tool")
                 raise UnknownToolError(f"not in catalog {principal.catalog!r}")
@@ -259,7 +289,13 @@ class Gateway:
             # The decision is on record before the backend is touched.
             self.audit.record(replace(entry, outcome="started"))
             opened = True
-            result = await self.upstream.call(tool, forwarded, request_id)
+            if isinstance(tool.backend, ModelBackend):
+                answer = await self.models.call(tool, catalogs.models, forwarded, request_id, progress)
+                result = answer.result
+                if answer.detail:
+                    entry = replace(entry, detail={**(entry.detail or {}), **answer.detail})
+            else:
+                result = await self.upstream.call(tool, forwarded, request_id)
             result, entry = self._scan_result(tool, result, entry)
             # The outcome is on record before the result goes out; if it cannot be, _refuse withholds it.
             self.audit.record(replace(entry, event=RESULT, outcome="ok", latency_ms=_ms(started)))

@@ -116,8 +116,10 @@ def build_server(gateway: Gateway, principal: PrincipalSource) -> Server[Any]:
     async def on_call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
         request_id = new_request_id()
         caller = _authenticate(gateway, principal, request_id, "tools/call", tool=params.name)
+        # Only a caller that supplied a progressToken gets progress (and so a streamed model answer).
+        progress = ctx.session.report_progress if _progress_token(ctx) is not None else None
         try:
-            return await gateway.call_tool(caller, params.name, params.arguments, request_id)
+            return await gateway.call_tool(caller, params.name, params.arguments, request_id, progress)
         except MCPError:
             raise
         except Exception as exc:
@@ -148,6 +150,12 @@ def build_server(gateway: Gateway, principal: PrincipalSource) -> Server[Any]:
 def _internal_error(request_id: str) -> MCPError:
     # The SDK's legacy mode would send str(exc) to the caller; nothing internal leaves the gateway.
     return MCPError(types.INTERNAL_ERROR, "Internal error", {"code": "internal_error", "request_id": request_id})
+
+
+def _progress_token(ctx: ServerRequestContext[Any]) -> str | int | None:
+    meta: Mapping[str, Any] = ctx.meta or {}
+    token = meta.get("progress_token", meta.get("progressToken"))
+    return token if isinstance(token, str | int) and not isinstance(token, bool) else None
 
 
 def _authenticate(
@@ -282,7 +290,7 @@ def build_app(settings: Settings, gateway: Gateway, verifier: JwtVerifier) -> St
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with manager.run(), _reloading(gateway):
             yield
-        await gateway.upstream.aclose()
+        await gateway.aclose()
 
     routes: list[Route | Mount] = [
         Route("/mcp", endpoint=guard(StreamableHTTPASGIApp(manager))),
@@ -356,9 +364,7 @@ async def serve_stdio(settings: Settings) -> None:
         async with stdio_server() as (read_stream, write_stream), _reloading(gateway):
             await server.run(read_stream, write_stream, server.create_initialization_options())
     finally:
-        await gateway.upstream.aclose()
-        if gateway.breakglass is not None:
-            gateway.breakglass.close()
+        await gateway.aclose()
         gateway.audit.close()
 
 
@@ -373,6 +379,4 @@ async def run_http(settings: Settings) -> None:
     try:
         await uvicorn.Server(config).serve()
     finally:
-        if gateway.breakglass is not None:
-            gateway.breakglass.close()
         gateway.audit.close()

@@ -92,7 +92,7 @@ class HttpUpstream:
         await self._client.aclose()
 
     def build_request(self, tool: ToolSpec, arguments: Mapping[str, Any], request_id: str) -> httpx.Request:
-        backend = tool.backend
+        backend = _http_backend(tool)
         url = backend.url
         for name in backend.path_arguments:
             if name not in arguments:
@@ -122,7 +122,7 @@ class HttpUpstream:
             UpstreamError: the backend failed, timed out (total deadline), answered an error status, or sent
                 more than ``max_response_bytes``.
         """
-        backend = tool.backend
+        backend = _http_backend(tool)
         request = self.build_request(tool, arguments, request_id)
         body = bytearray()
         with map_upstream_errors(tool.name):
@@ -143,6 +143,12 @@ class HttpUpstream:
             # 3xx included: redirects are never followed, and a redirect's body is not the tool's answer.
             raise UpstreamError(f"{tool.name}: upstream answered HTTP {response.status_code}")
         return _result(tool.name, response, bytes(body))
+
+
+def _http_backend(tool: ToolSpec) -> HttpBackend:
+    if not isinstance(tool.backend, HttpBackend):
+        raise TypeError(f"{tool.name} is not a REST tool")
+    return tool.backend
 
 
 def _result(tool: str, response: httpx.Response, body: bytes) -> types.CallToolResult:

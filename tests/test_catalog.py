@@ -124,9 +124,19 @@ def test_catalog_version_changes_when_any_file_changes(tmp_path: Path) -> None:
 def test_reserved_models_file_is_not_a_catalog(tmp_path: Path) -> None:
     folder = tmp_path / "catalogs"
     write_tools(folder, a_tool())
-    write(folder, "not: [a catalog\n", name="models.yaml")
+    write(folder, "models: []\n", name="models.yaml")
 
     assert list(load_catalogs(folder, EGRESS).names()) == ["internal"]
+
+
+def test_broken_model_inventory_refuses_the_catalogs(tmp_path: Path) -> None:
+    # models.yaml is the model inventory: a broken one is refused like a broken catalog, never skipped.
+    folder = tmp_path / "catalogs"
+    write_tools(folder, a_tool())
+    write(folder, "not: [a catalog\n", name="models.yaml")
+
+    with pytest.raises(ConfigError, match=r"models\.yaml: not valid YAML"):
+        load_catalogs(folder, EGRESS)
 
 
 # --- Hostile tool names ---------------------------------------------------------------------------------------

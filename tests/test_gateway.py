@@ -27,7 +27,7 @@ async def gateway(deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> As
     monkeypatch.setenv("INVENTORY_API_KEY", API_KEY)  # the backends' server-side credential
     gateway = build_gateway(load_settings(deployment.config))
     yield gateway
-    await gateway.upstream.aclose()
+    await gateway.aclose()
     gateway.audit.close()
 
 
