@@ -24,7 +24,14 @@ API_KEY_ENV = "INVENTORY_API_KEY"
 
 CUSTOMERS = {
     "c-100": {"id": "c-100", "name": "Ada Lovelace", "tier": "gold", "city": "London"},
-    "c-200": {"id": "c-200", "name": "Grace Hopper", "tier": "silver", "city": "Arlington"},
+    # Contact details, so DLP on results has something to find.
+    "c-200": {
+        "id": "c-200",
+        "name": "Grace Hopper",
+        "tier": "silver",
+        "city": "Arlington",
+        "email": "grace@example.org",
+    },
 }
 ORDERS = {"o-1": {"id": "o-1", "status": "shipped", "eta": "2026-12-01"}}
 PRODUCTS = [{"sku": "p-1", "name": "Widget", "price": 9.5}, {"sku": "p-2", "name": "Gadget", "price": 12.0}]

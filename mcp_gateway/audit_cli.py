@@ -24,7 +24,7 @@ from mcp_gateway.audit import AuditLog, record_hash
 from mcp_gateway.checkpoint import Checkpointer, Signer, load_public_key, merge_checkpoints, read_checkpoint_file
 from mcp_gateway.config import Settings
 from mcp_gateway.errors import ConfigError, GatewayError
-from mcp_gateway.export import open_bundle
+from mcp_gateway.export import open_bundle, printable_text
 from mcp_gateway.verify import VerifyReport, verify_records
 
 __all__ = ["PROGRESS_THRESHOLD", "register"]
@@ -192,7 +192,10 @@ def _detail(row: dict[str, Any]) -> dict[str, Any]:
 def _pairs(rows: Iterable[tuple[str, Any]]) -> Iterator[tuple[Text, Text]]:
     for key, value in rows:
         if value not in (None, "", [], {}):
-            yield Text(key, "bold"), Text(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+            yield (
+                Text(key, "bold"),
+                Text(printable_text(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))),
+            )
 
 
 def _print_story(out: Console, trace_id: str, rows: list[dict[str, Any]]) -> None:
@@ -227,7 +230,9 @@ def _print_records(out: Console, rows: list[dict[str, Any]]) -> None:
     for row in rows:
         intact = "yes" if record_hash(row) == row["hash"] else "NO"
         cells = (str(row["id"]), row["ts"], row["event"], row["outcome"], row["hash"][:16], row["prev_hash"][:16])
-        records.add_row(*(Text(cell) for cell in cells), Text(intact, "green" if intact == "yes" else "bold red"))
+        records.add_row(
+            *(Text(printable_text(cell)) for cell in cells), Text(intact, "green" if intact == "yes" else "bold red")
+        )
     out.print(records)
 
 

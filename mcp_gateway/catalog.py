@@ -8,13 +8,14 @@ visible (rug-pull protection).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import jsonschema
@@ -22,14 +23,20 @@ import mcp_types as types
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mcp_gateway.config import EgressSettings, describe_validation_error
+from mcp_gateway.config import EgressSettings
+from mcp_gateway.dlp import Action
 from mcp_gateway.errors import ConfigError
+from mcp_gateway.inventory import INVENTORY_FILE, Inventory, entry_digest, load_inventory
+from mcp_gateway.ratelimit import RateSpec, parse_rate
 
 __all__ = [
     "CATALOG_NAME",
+    "MODEL_PARAMETERS",
+    "PARTNER_CATALOGS",
     "TOOL_NAME",
     "CatalogSet",
     "HttpBackend",
+    "ModelBackend",
     "ToolSpec",
     "catalog_fingerprint",
     "load_catalogs",
@@ -67,7 +74,7 @@ def _check_header_name(name: str) -> None:
         raise ValueError(f"header {name!r} is set by the gateway's HTTP client, not by a catalog")
 
 
-RESERVED_FILES = frozenset({"models.yaml"})
+RESERVED_FILES = frozenset({INVENTORY_FILE})
 
 
 class _FileModel(BaseModel):
@@ -98,6 +105,8 @@ class HttpBackend(_FileModel):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an absolute http(s) URL")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not carry credentials; use credential_env or credential_file")
         if _PLACEHOLDER.search(parts.netloc) or _PLACEHOLDER.search(parts.query) or parts.fragment:
             raise ValueError("placeholders are allowed in the path only; use `query` for query parameters")
         return value
@@ -130,9 +139,59 @@ class HttpBackend(_FileModel):
             raise ValueError("set at most one of credential_env and credential_file")
         return self
 
-    @property
+    @functools.cached_property
     def path_arguments(self) -> tuple[str, ...]:
         return tuple(_PLACEHOLDER.findall(urlsplit(self.url).path))
+
+
+def _check_rate(value: str | None) -> str | None:
+    if value is not None:
+        parse_rate(value)
+    return value
+
+
+# Catalogs whose callers are outside the organisation: DLP blocks by default there.
+PARTNER_CATALOGS = frozenset({"partner"})
+
+
+# Knobs a catalog may let callers set on a model call; everything else (the endpoint, headers, the served model,
+# engine-specific extra_body) is the gateway's alone.
+MODEL_PARAMETERS = frozenset(
+    {"temperature", "top_p", "max_tokens", "seed", "stop", "presence_penalty", "frequency_penalty"}
+)
+
+
+class ModelBackend(_FileModel):
+    """A call to an approved model from ``models.yaml``, by inventory name."""
+
+    type: Literal["model"]
+    model: str = Field(min_length=1, description="An entry's name in models.yaml.")
+    operation: Literal["chat", "completion", "embeddings"] = "chat"
+    system_prompt: str | None = Field(default=None, max_length=65_536)
+    prompt: str = Field(
+        min_length=1, max_length=65_536, description="Template; {arg} is replaced by the tool argument `arg`."
+    )
+    parameters: tuple[str, ...] = Field(
+        default=(), description="Caller-settable knobs, taken from arguments of the same name when present."
+    )
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameters(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(value) - MODEL_PARAMETERS)
+        if unknown:
+            raise ValueError(f"not caller-settable: {unknown}; choose from {sorted(MODEL_PARAMETERS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _operation(self) -> ModelBackend:
+        if self.operation == "embeddings" and (self.parameters or self.system_prompt):
+            raise ValueError("embeddings take neither parameters nor a system_prompt")
+        return self
+
+    @property
+    def prompt_arguments(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(_PLACEHOLDER.findall(self.prompt)))
 
 
 class _ToolModel(_FileModel):
@@ -141,7 +200,14 @@ class _ToolModel(_FileModel):
     description: str = Field(min_length=1)
     input_schema: dict[str, Any]
     annotations: types.ToolAnnotations | None = None
-    backend: HttpBackend
+    backend: Annotated[HttpBackend | ModelBackend, Field(discriminator="type")]
+    rate_limit: str | None = Field(default=None, description="Per subject, e.g. 60/minute; overrides the catalog's.")
+    dlp: Action | None = Field(default=None, description="block, redact or flag; overrides the catalog's.")
+    approval: Literal["required", "none"] = Field(
+        default="none", description="required: each call waits for a second person to approve that exact call."
+    )
+
+    _rate = field_validator("rate_limit")(_check_rate)
 
     @field_validator("name")
     @classmethod
@@ -164,6 +230,8 @@ class _ToolModel(_FileModel):
     @model_validator(mode="after")
     def _arguments_exist(self) -> _ToolModel:
         properties = self.input_schema.get("properties", {})
+        if isinstance(self.backend, ModelBackend):
+            return self._model_arguments(self.backend, properties)
         wanted = [*self.backend.path_arguments, *self.backend.query.values(), *self.backend.body.values()]
         missing = sorted({name for name in wanted if name not in properties})
         if missing:
@@ -174,9 +242,22 @@ class _ToolModel(_FileModel):
             raise ValueError(f"path arguments must be required in input_schema: {optional_path}")
         return self
 
+    def _model_arguments(self, backend: ModelBackend, properties: Mapping[str, Any]) -> _ToolModel:
+        missing = sorted({name for name in (*backend.prompt_arguments, *backend.parameters) if name not in properties})
+        if missing:
+            raise ValueError(f"backend uses arguments missing from input_schema.properties: {missing}")
+        optional = sorted(set(backend.prompt_arguments) - set(self.input_schema.get("required", [])))
+        if optional:
+            raise ValueError(f"prompt arguments must be required in input_schema: {optional}")
+        return self
+
 
 class _CatalogFile(_FileModel):
+    rate_limit: str | None = Field(default=None, description="Default per subject and tool, e.g. 60/minute.")
+    dlp: Action | None = Field(default=None, description="Default DLP action; partner catalogs default to block.")
     tools: list[_ToolModel]
+
+    _rate = field_validator("rate_limit")(_check_rate)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -186,9 +267,12 @@ class ToolSpec:
     name: str
     catalog: str
     definition: types.Tool
-    backend: HttpBackend
+    backend: HttpBackend | ModelBackend
     digest: str
     validator: jsonschema.protocols.Validator = field(repr=False)
+    rate_limit: RateSpec | None = None
+    dlp: Action = "flag"
+    approval_required: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +281,7 @@ class CatalogSet:
 
     catalogs: Mapping[str, Mapping[str, ToolSpec]]
     version: str
+    models: Inventory = field(default_factory=Inventory)
 
     def lookup(self, catalog: str, name: str) -> ToolSpec | None:
         return self.catalogs.get(catalog, {}).get(name)
@@ -212,7 +297,9 @@ def _digest(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _tool_spec(catalog: str, model: _ToolModel) -> ToolSpec:
+def _tool_spec(
+    catalog: str, model: _ToolModel, defaults: _CatalogFile | None = None, pinned: Mapping[str, str] | None = None
+) -> ToolSpec:
     definition = types.Tool(
         name=model.name,
         title=model.title,
@@ -221,15 +308,31 @@ def _tool_spec(catalog: str, model: _ToolModel) -> ToolSpec:
         annotations=model.annotations,
     )
     published = definition.model_dump(mode="json", by_alias=True, exclude_none=True)
-    digest = _digest({"tool": published, "backend": model.backend.model_dump(mode="json")})
+    # A model tool's digest covers the inventory entries it may reach: a changed endpoint, served model or
+    # version is a changed tool.
+    digest = _digest({"tool": published, "backend": model.backend.model_dump(mode="json"), **(pinned or {})})
     validator = jsonschema.Draft202012Validator(model.input_schema, format_checker=jsonschema.FormatChecker())
-    return ToolSpec(model.name, catalog, definition, model.backend, digest, validator)
+    rate = model.rate_limit or (defaults.rate_limit if defaults else None)
+    dlp: Action = (
+        model.dlp or (defaults.dlp if defaults else None) or ("block" if catalog in PARTNER_CATALOGS else "flag")
+    )
+    return ToolSpec(
+        model.name,
+        catalog,
+        definition,
+        model.backend,
+        digest,
+        validator,
+        rate_limit=parse_rate(rate) if rate else None,
+        dlp=dlp,
+        approval_required=model.approval == "required",
+    )
 
 
 def catalog_fingerprint(catalogs_dir: Path) -> str:
     """A digest of the catalog files' names and contents: cheap change detection without parsing."""
     digest = hashlib.sha256()
-    for path in sorted(catalogs_dir.glob("*.yaml")):
+    for path in sorted([*catalogs_dir.glob("*.yaml"), *catalogs_dir.glob("*.yml")]):
         digest.update(path.name.encode() + b"\0")
         try:
             digest.update(path.read_bytes())
@@ -253,6 +356,7 @@ def load_catalogs(catalogs_dir: Path, egress: EgressSettings) -> CatalogSet:
     misnamed = sorted(path.name for path in catalogs_dir.glob("*.yml"))
     if misnamed:
         raise ConfigError(f"{catalogs_dir}: catalogs end in .yaml; rename {misnamed} (they would be ignored)")
+    inventory = load_inventory(catalogs_dir / INVENTORY_FILE, egress)
     for path in sorted(catalogs_dir.glob("*.yaml")):
         if path.name in RESERVED_FILES:
             continue
@@ -267,11 +371,15 @@ def load_catalogs(catalogs_dir: Path, egress: EgressSettings) -> CatalogSet:
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
         except ValidationError as exc:
-            raise ConfigError(f"{path}: {describe_validation_error(exc)}") from exc
+            raise ConfigError(f"{path}: {_describe(exc)}") from exc
         tools: dict[str, ToolSpec] = {}
         for index, model in enumerate(parsed.tools):
             if model.name in tools:
                 raise ConfigError(f"{path}: tools.{index}.name: {model.name!r} is defined twice")
+            if isinstance(model.backend, ModelBackend):
+                pinned = _model_pins(inventory, name, model.backend, f"{path}: tools.{index}.backend.model")
+                tools[model.name] = _tool_spec(name, model, parsed, pinned)
+                continue
             if not egress.permits(model.backend.url):
                 raise ConfigError(f"{path}: tools.{index}.backend.url: {model.backend.url!r} is not on egress.allow")
             secret_file = model.backend.credential_file
@@ -279,9 +387,38 @@ def load_catalogs(catalogs_dir: Path, egress: EgressSettings) -> CatalogSet:
                 # Relative to the catalog file, like every other path in the configuration.
                 backend = model.backend.model_copy(update={"credential_file": path.parent / secret_file})
                 model = model.model_copy(update={"backend": backend})
-            tools[model.name] = _tool_spec(name, model)
+            tools[model.name] = _tool_spec(name, model, parsed)
         catalogs[name] = tools
         digests[name] = hashlib.sha256(raw).hexdigest()
     if not catalogs:
         raise ConfigError(f"catalogs_dir: {catalogs_dir} holds no catalog (*.yaml)")
-    return CatalogSet(catalogs=catalogs, version=_digest(digests))
+    if inventory.digest:
+        digests[INVENTORY_FILE] = inventory.digest
+    return CatalogSet(catalogs=catalogs, version=_digest(digests), models=inventory)
+
+
+def _describe(exc: ValidationError) -> str:
+    """As ``describe_validation_error``, without the union tag pydantic puts in the key (``backend.http.url``)."""
+    lines = []
+    for error in exc.errors():
+        loc = list(error["loc"])
+        for index in range(len(loc) - 1):
+            if loc[index] == "backend" and loc[index + 1] in ("http", "model"):
+                del loc[index + 1]
+                break
+        if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            loc.append("type")
+        lines.append(f"{'.'.join(str(part) for part in loc) or '(top level)'}: {error['msg']}")
+    return "; ".join(lines)
+
+
+def _model_pins(inventory: Inventory, catalog: str, backend: ModelBackend, where: str) -> dict[str, str]:
+    """Refuse a model tool whose model is unknown, unapproved or not open to this catalog; pin its chain."""
+    entry = inventory.get(backend.model)
+    if entry is None:
+        raise ConfigError(f"{where}: {backend.model!r} is not in {INVENTORY_FILE}")
+    if not entry.approved:
+        raise ConfigError(f"{where}: {backend.model!r} is not approved in {INVENTORY_FILE}")
+    if catalog not in entry.catalogs:
+        raise ConfigError(f"{where}: {backend.model!r} is not approved for catalog {catalog!r}")
+    return {f"model:{item.name}": entry_digest(item) for item in inventory.chain(backend.model, catalog)}

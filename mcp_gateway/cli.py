@@ -12,21 +12,26 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import anyio
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 from rich.text import Text
 
 from mcp_gateway import audit_cli
 from mcp_gateway.audit import AuditLog
-from mcp_gateway.catalog import load_catalogs
+from mcp_gateway.breakglass_cli import approval_app, breakglass_app
+from mcp_gateway.catalog import CatalogSet, load_catalogs
 from mcp_gateway.config import Settings, load_settings
 from mcp_gateway.errors import ConfigError, GatewayError
 from mcp_gateway.policy import PolicySnapshot, load_policy
+
+if TYPE_CHECKING:
+    from mcp_gateway.inventory import Inventory, ModelEntry
 
 __all__ = ["app", "main"]
 
@@ -39,6 +44,10 @@ app.add_typer(config_app, name="config")
 app.add_typer(token_app, name="token")
 app.add_typer(policy_app, name="policy")
 app.add_typer(audit_app, name="audit")
+app.add_typer(breakglass_app, name="breakglass")
+app.add_typer(approval_app, name="approval")
+models_app = typer.Typer(help="The approved-model inventory (catalogs/models.yaml).", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 
 out = Console()
 err = Console(stderr=True)
@@ -118,6 +127,8 @@ def config_check(config: ConfigOption = None) -> None:
         _fail(str(exc))
     for name, tools in catalogs.names().items():
         out.print(f"catalog [bold]{name}[/]: {len(tools)} tools")
+    approved = sum(entry.approved for entry in catalogs.models.entries.values())
+    out.print(f"models: {len(catalogs.models.entries)} in the inventory, {approved} approved")
     out.print(f"policy: {len(policy.rules)} rules, {len(policy.groupings)} groupings, version {policy.version[:12]}")
     out.print("[green]configuration OK[/]")
 
@@ -263,6 +274,83 @@ def policy_matrix(
     out.print(table)
 
 
+def _catalogs(settings: Settings) -> CatalogSet:
+    try:
+        return load_catalogs(settings.catalogs_dir, settings.egress)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+@policy_app.command("lint")
+def policy_lint(
+    strict: Annotated[bool, typer.Option(help="Exit 1 on warnings too.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Find unknown tools and catalogs, shadowed rules, bad subjects and broad partner patterns."""
+    from mcp_gateway.policytools import lint
+
+    settings = _settings(config)
+    issues = lint(settings.policies_dir, _catalogs(settings))
+    for issue in issues:
+        colour = "red" if issue.severity == "error" else "yellow"
+        out.print(f"[{colour}]{issue.severity}[/] ", Text(f"{issue.where}: {issue.message}"), sep="")
+    errors = sum(issue.severity == "error" for issue in issues)
+    out.print(f"{errors} errors, {len(issues) - errors} warnings")
+    raise typer.Exit(1 if errors or (strict and issues) else 0)
+
+
+@policy_app.command("diff")
+def policy_diff(
+    old_dir: Annotated[Path, typer.Argument(help="The policy folder in force.")],
+    new_dir: Annotated[Path, typer.Argument(help="The proposed policy folder.")],
+    output: Annotated[MatrixFormat, typer.Option("--format")] = MatrixFormat.table,
+    config: ConfigOption = None,
+) -> None:
+    """Who gains and who loses which tool between two policy versions (exit 1 when access changes)."""
+    from mcp_gateway.policytools import diff
+
+    settings = _settings(config)
+    try:
+        gained, lost = diff(old_dir, new_dir, _catalogs(settings))
+    except ConfigError as exc:
+        _fail(str(exc))
+    rows = [("gains", *item) for item in gained] + [("loses", *item) for item in lost]
+    if output is MatrixFormat.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(("change", "subject", "catalog", "tool"))
+        writer.writerows(rows)
+    else:
+        table = Table("change", "subject", "catalog", "tool")
+        for row in rows:
+            table.add_row("[green]gains[/]" if row[0] == "gains" else "[red]loses[/]", *(Text(c) for c in row[1:]))
+        out.print(table)
+        out.print(f"{len(gained)} gained, {len(lost)} lost")
+    raise typer.Exit(1 if rows else 0)
+
+
+@policy_app.command("test")
+def policy_test(
+    cases_file: Annotated[Path, typer.Argument(help="CSV: subject,roles,catalog,tool,expect")],
+    config: ConfigOption = None,
+) -> None:
+    """Check a table of expected decisions against the policy; exit 1 on any mismatch (for CI)."""
+    from mcp_gateway.policytools import read_cases, run_cases
+
+    _, policy = _policy(config)
+    try:
+        cases = read_cases(cases_file)
+    except ConfigError as exc:
+        _fail(str(exc))
+    failed = 0
+    for case, actual, rule in run_cases(policy, cases):
+        if actual != case.expect:
+            failed += 1
+            message = f"{cases_file.name}:{case.line}: {case.subject} {list(case.roles)} {case.catalog}/{case.tool}: "
+            out.print(Text(message + f"expected {case.expect}, got {actual} by {rule}"), style="red")
+    out.print(f"{len(cases) - failed} passed, {failed} failed")
+    raise typer.Exit(1 if failed else 0)
+
+
 def _audit_log(config: Path | None) -> AuditLog:
     settings = _settings(config)
     try:
@@ -293,7 +381,7 @@ def audit_tail(
             row["outcome"],
             f"{row['latency_ms']:.2f}" if row["latency_ms"] is not None else "",
         )
-        table.add_row(*(Text(cell) for cell in cells))
+        table.add_row(*(Text(_printable(cell)) for cell in cells))
     out.print(table)
     log.close()
 
@@ -337,6 +425,13 @@ def _ticking(rows: Iterator[dict[str, Any]], tick: Callable[[int], None]) -> Ite
         yield row
 
 
+def _printable(text: str) -> str:
+    """Caller-influenced text made safe for a terminal: control and format characters shown escaped."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else ascii(char)[1:-1] for char in text)
+
+
 def _utc(value: str) -> str:
     """An ISO 8601 time in the trail's own spelling (UTC, microseconds), so it compares correctly as text."""
     try:
@@ -353,3 +448,83 @@ audit_cli.register(audit_app, _settings, _fail, out, err)
 
 def main() -> None:
     app()
+
+
+# -- models ---------------------------------------------------------------------------------------------------
+
+
+def _inventory(config: Path | None) -> Inventory:
+    from mcp_gateway.inventory import INVENTORY_FILE, load_inventory
+
+    settings = _settings(config)
+    try:
+        return load_inventory(settings.catalogs_dir / INVENTORY_FILE, settings.egress)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def _bar() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err)
+
+
+@models_app.command("list")
+def models_list(config: ConfigOption = None) -> None:
+    """Every model in the inventory: endpoint, version, owner, approval and the catalogs that may use it."""
+    inventory = _inventory(config)
+    table = Table("name", "provider", "served model", "version", "owner", "approved", "catalogs", "cap", "fallback")
+    for entry in inventory.entries.values():
+        cells = (
+            entry.name,
+            entry.provider,
+            entry.served_model,
+            entry.version,
+            entry.owner,
+            "yes" if entry.approved else "no",
+            ", ".join(entry.catalogs),
+            str(entry.max_tokens),
+            entry.fallback or "",
+        )
+        table.add_row(*(Text(cell) for cell in cells))
+    out.print(table)
+
+
+@models_app.command("verify")
+def models_verify(config: ConfigOption = None) -> None:
+    """Hash each weights file and compare it with the inventory's sha256; exit 1 on a mismatch or missing file."""
+    from mcp_gateway.inventory import verify_weights
+
+    inventory = _inventory(config)
+    with _bar() as bar:
+
+        def progress(entry: ModelEntry, path: Path) -> Callable[[int], None]:
+            task = bar.add_task(entry.name, total=path.stat().st_size)
+            return lambda advance: bar.advance(task, advance)
+
+        checks = verify_weights(inventory, progress)
+    bad = False
+    for check in checks:
+        bad |= check.status in ("mismatch", "missing")
+        out.print(Text(f"{check.name}: {check.status}" + (f" ({check.path})" if check.path else "")))
+    raise typer.Exit(1 if bad else 0)
+
+
+@models_app.command("import")
+def models_import(
+    file: Annotated[Path, typer.Argument(help="The weights file brought in by hand.", exists=True, dir_okay=False)],
+    name: Annotated[str, typer.Option("--name", help="The inventory entry it belongs to.")],
+    sha256: Annotated[str, typer.Option("--sha256", help="The expected SHA-256, from the release record.")],
+    config: ConfigOption = None,
+) -> None:
+    """Copy weights into the artifact folder, only if their SHA-256 matches (and matches the inventory's)."""
+    from mcp_gateway.inventory import import_weights
+
+    inventory = _inventory(config)
+    try:
+        with _bar() as bar:
+            task = bar.add_task(name, total=file.stat().st_size)
+            placed = import_weights(inventory, name, file, sha256, lambda advance: bar.advance(task, advance))
+    except ConfigError as exc:
+        _fail(str(exc), code=1)
+    except OSError as exc:
+        _fail(f"models import: {exc}", code=1)
+    out.print(Text(f"imported {name} -> {placed}"))

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from mcp_gateway.errors import ConfigError
@@ -22,6 +22,7 @@ from mcp_gateway.errors import ConfigError
 __all__ = [
     "DEFAULT_CONFIG",
     "AuditSettings",
+    "BreakGlassSettings",
     "EgressSettings",
     "HttpSettings",
     "IdentitySettings",
@@ -54,6 +55,31 @@ class IdentitySettings(_Section):
     leeway: int = Field(default=30, ge=0, le=60, description="Clock skew tolerated on `exp`/`nbf`/`iat`, seconds.")
     max_token_bytes: int = Field(default=8192, ge=512, le=65_536)
 
+    @field_validator("audience")
+    @classmethod
+    def _resource_uri(cls, value: str) -> str:
+        # The audience is this gateway's resource URI (MCP authorization, RFC 8707): advertised verbatim in the
+        # RFC 9728 metadata and compared exactly with `aud`, so it must already be in normalised form.
+        try:
+            normal = str(AnyHttpUrl(value))
+        except ValidationError as exc:
+            raise ValueError("must be this gateway's http(s) resource URI, e.g. https://gateway.example/mcp") from exc
+        if normal != value:
+            raise ValueError(f"write it in normalised form: {normal!r}")
+        if urlsplit(value).username is not None or urlsplit(value).fragment:
+            raise ValueError("must not carry credentials or a fragment")
+        return value
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _jwks_over_tls(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme != "https" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError("keys must be fetched over https (plain http only on loopback)")
+        return value
+
     @field_validator("algorithms")
     @classmethod
     def _asymmetric_only(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -82,8 +108,13 @@ class EgressSettings(_Section):
     def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for entry in value:
             parts = urlsplit(entry)
+            if parts.username is not None or parts.password is not None:
+                # Named without the credentials: error messages end up in logs.
+                raise ValueError(f"{parts.scheme}://...@{parts.hostname}: an origin carries no credentials")
             if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
                 raise ValueError(f"{entry!r} is not an origin like http://127.0.0.1:8081")
+            if parts.query or parts.fragment:
+                raise ValueError(f"{entry!r}: an origin carries no query or fragment")
         return tuple(origin_of(entry) for entry in value)
 
     def permits(self, url: str) -> bool:
@@ -153,6 +184,20 @@ class TelemetrySettings(_Section):
     metric_interval: float = Field(default=15.0, gt=0, description="Seconds between metric exports.")
 
 
+class BreakGlassSettings(_Section):
+    mfa_methods: tuple[str, ...] = Field(
+        default=("mfa", "otp", "hwk", "sc"),
+        description="Security: `amr` values (RFC 8176) that prove a second factor; a request or approval needs one.",
+    )
+    approver_roles: tuple[str, ...] = Field(
+        default=("breakglass-approver",), description="Token roles allowed to approve grants and held calls."
+    )
+    max_ttl: int = Field(default=3600, ge=60, le=86_400, description="Longest grant, seconds.")
+    pending_ttl: int = Field(default=3600, ge=60, le=86_400, description="Unapproved requests lapse after this.")
+    approval_ttl: int = Field(default=900, ge=30, le=86_400, description="How long an approved held call stays usable.")
+    catalogs: tuple[str, ...] = Field(default=("internal",), description="Catalogs whose callers may request grants.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MCP_GATEWAY_", env_nested_delimiter="__", extra="forbid", frozen=True)
 
@@ -168,6 +213,7 @@ class Settings(BaseSettings):
     max_argument_depth: int = Field(default=32, ge=2, le=256)
     audit: AuditSettings = AuditSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    breakglass: BreakGlassSettings = BreakGlassSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -200,10 +246,16 @@ class Settings(BaseSettings):
 
 
 def origin_of(url: str) -> str:
-    """Normalise a URL to its origin, ``scheme://host:port`` with the default port made explicit."""
+    """Normalise a URL to its origin, ``scheme://host:port`` with the default port made explicit.
+
+    Raises:
+        ValueError: not an http(s) URL, or one carrying credentials (``user:pass@``), which would be sent.
+    """
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not an http(s) URL: {url!r}")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"URL carries credentials: {parts.scheme}://...@{parts.hostname}")
     port = parts.port or (443 if parts.scheme == "https" else 80)
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return f"{parts.scheme}://{host.lower()}:{port}"

@@ -10,8 +10,14 @@ a stable machine-readable ``code``, the ``public_message`` the caller sees, and 
     x UnknownToolError       INVALID_PARAMS; also for tools the caller may not call
   * CallError                -> ``CallToolResult(is_error=True)`` with structured content
     x InvalidArgumentsError  arguments too large, too deep or not matching the tool's schema
+    x RateLimitedError       the caller's bucket for this tool is empty; carries ``retry_after`` seconds
+    x DlpBlockedError        arguments or result carry data the tool's DLP action blocks
+    x ApprovalRequiredError  the tool needs a second person's approval of this exact call; carries its id
     x UpstreamError          the in-boundary backend failed, timed out or answered too much
+      x ModelEndpointError   a model endpoint failed, timed out or answered garbage: counts against its breaker
     x UnavailableError       the gateway cannot establish policy or audit: fail closed
+  * BreakGlassError          a break-glass or approval command refused (CLI; exit status 1)
+      x ModelUnavailableError  every approved model for the tool is down or failed (same code)
 
 The caller sees only ``public_message``, the ``code`` and the request id. The detailed ``str(exc)`` goes
 to the audit trail and the span, never to the caller.
@@ -19,16 +25,23 @@ to the audit trail and the span, never to the caller.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
 __all__ = [
+    "ApprovalRequiredError",
+    "BreakGlassError",
     "CallError",
     "ConfigError",
+    "DlpBlockedError",
     "GatewayError",
     "InvalidArgumentsError",
+    "ModelEndpointError",
+    "ModelUnavailableError",
+    "RateLimitedError",
     "RequestError",
     "UnauthenticatedError",
     "UnavailableError",
@@ -50,6 +63,10 @@ class GatewayError(Exception):
     # How the error travels when it must be a JSON-RPC error (always for RequestError; for a CallError only
     # where the method has no tool result to carry it, such as tools/list).
     jsonrpc_code: ClassVar[int] = types.INTERNAL_ERROR
+
+    def public_data(self) -> dict[str, Any]:
+        """Machine-readable fields the caller may see besides ``code`` and the message (none by default)."""
+        return {}
 
 
 class ConfigError(GatewayError):
@@ -91,14 +108,75 @@ class InvalidArgumentsError(CallError):
         self.public_detail = public_detail
 
 
+class RateLimitedError(CallError):
+    """The caller's token bucket for this tool is empty; ``retry_after`` says when the next call may pass."""
+
+    code: ClassVar[str] = "rate_limited"
+    public_message: ClassVar[str] = "Rate limit exceeded"
+
+    def __init__(self, detail: str, *, retry_after: float) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+    def public_data(self) -> dict[str, Any]:
+        # Whole seconds, rounded up: a client that waits this long is admitted.
+        return {"retry_after": max(1, math.ceil(self.retry_after))}
+
+
+class DlpBlockedError(CallError):
+    """Sensitive data found where the tool's DLP action is ``block``; the message names rules, never values."""
+
+    code: ClassVar[str] = "dlp_blocked"
+    public_message: ClassVar[str] = "Sensitive data blocked"
+
+    def __init__(
+        self, detail: str, *, public_detail: str | None = None, audit_detail: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.public_detail = public_detail
+        # Rule ids and paths for the audit row (never matched values).
+        self.audit_detail = audit_detail or {}
+
+
+class ApprovalRequiredError(CallError):
+    """The tool needs a second person to approve this exact call; retry it once ``approval_id`` is approved."""
+
+    code: ClassVar[str] = "approval_required"
+    public_message: ClassVar[str] = "This call needs approval by a second person"
+
+    def __init__(self, detail: str, *, approval_id: str) -> None:
+        super().__init__(detail)
+        self.approval_id = approval_id
+
+    def public_data(self) -> dict[str, Any]:
+        return {"approval_id": self.approval_id}
+
+
 class UpstreamError(CallError):
     code: ClassVar[str] = "upstream_failed"
     public_message: ClassVar[str] = "The tool's backend failed"
 
 
+class ModelEndpointError(UpstreamError):
+    """A model endpoint is down or broken (timeout, connection, 5xx, malformed answer): try the fallback."""
+
+
 class UnavailableError(CallError):
     code: ClassVar[str] = "unavailable"
     public_message: ClassVar[str] = "The gateway cannot process calls right now"
+
+
+class BreakGlassError(GatewayError):
+    """A break-glass or call-approval command was refused: no MFA, self-approval, no approver role, expired."""
+
+    code: ClassVar[str] = "breakglass_refused"
+    public_message: ClassVar[str] = "Break-glass request refused"
+
+
+class ModelUnavailableError(UnavailableError):
+    """No approved model (the tool's own or a fallback) could answer: each was down or failed."""
+
+    public_message: ClassVar[str] = "No approved model is available for this tool right now"
 
 
 def _public_text(exc: GatewayError) -> str:
@@ -114,6 +192,7 @@ def to_mcp_error(exc: GatewayError, request_id: str) -> MCPError:
 def to_call_result(exc: CallError, request_id: str) -> types.CallToolResult:
     """Map a call-level failure to an ``isError`` tool result with a stable, machine-readable body."""
     body: dict[str, Any] = {"code": exc.code, "message": _public_text(exc), "request_id": request_id}
+    body.update(exc.public_data())
     return types.CallToolResult(
         content=[types.TextContent(text=f"{body['message']} [{exc.code}; request {request_id}]")],
         structured_content={"error": body},

@@ -25,7 +25,7 @@ from mcp_gateway import __version__
 from mcp_gateway.checkpoint import CHECKPOINT_FIELDS
 from mcp_gateway.errors import ConfigError
 
-__all__ = ["BUNDLE_MAGIC", "Bundle", "cef_line", "jsonl_line", "open_bundle", "write_bundle"]
+__all__ = ["BUNDLE_MAGIC", "Bundle", "cef_line", "jsonl_line", "open_bundle", "printable_text", "write_bundle"]
 
 BUNDLE_MAGIC = "mcp-gateway-audit"
 
@@ -33,16 +33,25 @@ _SEVERITY = {"allow": 3, "deny": 6, "error": 8}
 
 
 def jsonl_line(row: dict[str, Any]) -> str:
-    return json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n"
+    # ASCII-only: U+2028, U+0085 and friends are line breaks to some JSON-lines readers.
+    return json.dumps(row, sort_keys=True, ensure_ascii=True) + "\n"
 
 
 def _cef_header(value: Any) -> str:
-    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+    return printable_text(str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " "))
 
 
 def _cef_value(value: Any) -> str:
     text = str(value).replace("\\", "\\\\").replace("=", "\\=")
-    return text.replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\r")
+    return printable_text(text.replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\r"))
+
+
+def printable_text(text: str) -> str:
+    """Control and format characters (ESC, U+0085, U+2028, ...) written as escapes: some readers break lines
+    on them, and terminals act on them."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else ascii(char)[1:-1] for char in text)
 
 
 def cef_line(row: dict[str, Any]) -> str:
@@ -114,7 +123,7 @@ def write_bundle(
         out.write(json.dumps({"checkpoint": {k: checkpoint[k] for k in CHECKPOINT_FIELDS}}, sort_keys=True) + "\n")
     count = 0
     for row in rows:
-        out.write(json.dumps({"record": row}, sort_keys=True, ensure_ascii=False) + "\n")
+        out.write(json.dumps({"record": row}, sort_keys=True, ensure_ascii=True) + "\n")
         count += 1
     out.write(json.dumps({"end": {"records": count}}) + "\n")
     return count

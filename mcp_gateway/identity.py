@@ -315,6 +315,8 @@ class JwtVerifier:
             raise UnauthenticatedError("token not yet valid (nbf)")
         if iat is not None and now + leeway < iat:
             raise UnauthenticatedError("token issued in the future (iat)")
+        # iat and nbf are optional (the documented token contract); without either, the cap applies to the
+        # remaining lifetime, which still bounds how long the token can be used from now on.
         start = iat if iat is not None else nbf if nbf is not None else now
         if exp - start > settings.max_token_lifetime + leeway:
             raise UnauthenticatedError(f"token lifetime exceeds {settings.max_token_lifetime} s")

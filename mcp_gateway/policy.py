@@ -477,9 +477,12 @@ class PolicyEngine:
         """Decide one ``call`` against the current snapshot."""
         return self._snapshot.decide(subject, roles, catalog, tool)
 
-    def reload(self) -> ReloadResult:
+    def reload(self, record: Callable[[ReloadResult], None] | None = None) -> ReloadResult:
         """Re-read the files; keep the last good snapshot if they are invalid (fail closed to the old policy).
 
+        ``record`` is called with the result before anything changes: the new snapshot is swapped in, or a
+        rejected version remembered, only after it returns. If it raises (the audit row could not be
+        written), nothing changes and the next call tries again, so no change takes effect unrecorded.
         Files already rejected once are not reported again (``changed=False``) until they change, so a
         broken file left in place yields one failure report, not one per check.
         """
@@ -496,14 +499,20 @@ class PolicyEngine:
                 rejected = sources.version if sources is not None else str(exc)
                 if rejected == self._rejected:
                     return ReloadResult(False, True, old.version, old.version, None)
+                result = ReloadResult(True, False, old.version, None, str(exc))
+                if record is not None:
+                    record(result)
                 self._rejected = rejected
-                return ReloadResult(True, False, old.version, None, str(exc))
-            self._rejected = None
+                return result
             before, after = _policy_lines(old), _policy_lines(new)
-            self._snapshot = new  # one reference assignment: readers see the old or the new snapshot, never a mix
-            return ReloadResult(
+            result = ReloadResult(
                 True, True, old.version, new.version, None, tuple(sorted(after - before)), tuple(sorted(before - after))
             )
+            if record is not None:
+                record(result)
+            self._rejected = None
+            self._snapshot = new  # one reference assignment: readers see the old or the new snapshot, never a mix
+            return result
 
 
 class _FilesAdapter(casbin.Adapter):

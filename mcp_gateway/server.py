@@ -17,10 +17,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
+import anyio.to_thread
 import mcp_types as types
 from mcp.server.auth.middleware.auth_context import AuthContextMiddleware, get_access_token
 from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend, RequireAuthMiddleware
-from mcp.server.auth.routes import build_resource_metadata_url, create_protected_resource_routes
+from mcp.server.auth.routes import build_resource_metadata_url
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.server.sse import SseServerTransport
@@ -39,6 +40,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_gateway import __version__
 from mcp_gateway.audit import AuditEntry, AuditLog
+from mcp_gateway.breakglass import BreakGlass
 from mcp_gateway.checkpoint import Checkpointer, Signer
 from mcp_gateway.config import Settings, origin_of
 from mcp_gateway.egress import guarded_get
@@ -78,7 +80,10 @@ def build_gateway(settings: Settings) -> Gateway:
     """
     policy = PolicyEngine(settings.policies_dir)
     audit = AuditLog(settings.database_url, durability=settings.audit.durability, max_batch=settings.audit.max_batch)
-    gateway = Gateway(settings, audit=audit, policy=policy, upstream=HttpUpstream(settings.egress))
+    breakglass = BreakGlass(settings.database_url, settings.breakglass, audit)
+    gateway = Gateway(
+        settings, audit=audit, policy=policy, upstream=HttpUpstream(settings.egress), breakglass=breakglass
+    )
     with tracer.start_as_current_span("gateway.start"):
         audit.record(
             AuditEntry(
@@ -113,21 +118,26 @@ def build_server(gateway: Gateway, principal: PrincipalSource) -> Server[Any]:
     ) -> types.ListToolsResult:
         request_id = new_request_id()
         caller = _authenticate(gateway, principal, request_id, "tools/list")
-        return types.ListToolsResult(tools=gateway.list_tools(caller, request_id))
+        try:
+            return types.ListToolsResult(tools=gateway.list_tools(caller, request_id))
+        except MCPError:
+            raise
+        except Exception as exc:
+            logger.exception("internal error in tools/list (request %s)", request_id)
+            raise _internal_error(request_id) from exc
 
     async def on_call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
         request_id = new_request_id()
         caller = _authenticate(gateway, principal, request_id, "tools/call", tool=params.name)
+        # Only a caller that supplied a progressToken gets progress (and so a streamed model answer).
+        progress = ctx.session.report_progress if _progress_token(ctx) is not None else None
         try:
-            return await gateway.call_tool(caller, params.name, params.arguments, request_id)
+            return await gateway.call_tool(caller, params.name, params.arguments, request_id, progress)
         except MCPError:
             raise
         except Exception as exc:
-            # The SDK's legacy mode would send str(exc) to the caller; nothing internal leaves the gateway.
             logger.exception("internal error in tools/call (request %s)", request_id)
-            raise MCPError(
-                types.INTERNAL_ERROR, "Internal error", {"code": "internal_error", "request_id": request_id}
-            ) from exc
+            raise _internal_error(request_id) from exc
 
     def input_schema(name: str) -> Mapping[str, Any] | None:
         # Lets the SDK check Mcp-Param-* headers without re-running tools/list (and its audit row) per call.
@@ -148,6 +158,17 @@ def build_server(gateway: Gateway, principal: PrincipalSource) -> Server[Any]:
         on_call_tool=on_call_tool,
         get_tool_input_schema=input_schema,
     )
+
+
+def _internal_error(request_id: str) -> MCPError:
+    # The SDK's legacy mode would send str(exc) to the caller; nothing internal leaves the gateway.
+    return MCPError(types.INTERNAL_ERROR, "Internal error", {"code": "internal_error", "request_id": request_id})
+
+
+def _progress_token(ctx: ServerRequestContext[Any]) -> str | int | None:
+    meta: Mapping[str, Any] = ctx.meta or {}
+    token = meta.get("progress_token", meta.get("progressToken"))
+    return token if isinstance(token, str | int) and not isinstance(token, bool) else None
 
 
 def _authenticate(
@@ -194,8 +215,9 @@ class OriginGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            origin = dict(scope["headers"]).get(b"origin")
-            if origin is not None and not self._allowed(origin.decode("latin-1")):
+            origins = [value for name, value in scope["headers"] if name == b"origin"]
+            # Browsers send one Origin; several are refused rather than letting one of them be picked.
+            if len(origins) > 1 or (origins and not self._allowed(origins[0].decode("latin-1"))):
                 await PlainTextResponse("Origin not allowed", status_code=403)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -225,10 +247,8 @@ class _SseEndpoint:
 
 
 def _resource_url(settings: Settings) -> str:
-    audience = settings.identity.audience
-    if urlsplit(audience).scheme in ("http", "https"):
-        return audience
-    return f"{settings.http.base_url}/mcp"
+    # identity.audience is validated as a normalised http(s) URL: the resource tokens are issued for.
+    return settings.identity.audience
 
 
 def _security(settings: Settings) -> tuple[TransportSecuritySettings, frozenset[str]]:
@@ -262,6 +282,18 @@ def build_app(
     def guard(app: ASGIApp) -> ASGIApp:
         return RequireAuthMiddleware(app, required_scopes=[], resource_metadata_url=metadata_url)
 
+    # RFC 9728 metadata, written out rather than through the SDK's helper: its URL type appends "/" to bare
+    # origins, and a resource or issuer that differs by one character from what tokens carry breaks clients.
+    metadata = {
+        "resource": resource,
+        "authorization_servers": list(servers),
+        "bearer_methods_supported": ["header"],
+        "resource_name": "mcp-gateway",
+    }
+
+    async def protected_resource_metadata(request: Request) -> JSONResponse:
+        return JSONResponse(metadata, headers={"Cache-Control": "public, max-age=3600"})
+
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
@@ -273,7 +305,7 @@ def build_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with manager.run(), _reloading(gateway), _checkpointing(settings, checkpointer):
             yield
-        await gateway.upstream.aclose()
+        await gateway.aclose()
 
     routes: list[Route | Mount] = [
         Route("/mcp", endpoint=guard(StreamableHTTPASGIApp(manager))),
@@ -281,11 +313,7 @@ def build_app(
         Mount("/messages/", app=guard(sse.handle_post_message)),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
-        *create_protected_resource_routes(
-            resource_url=AnyHttpUrl(resource),
-            authorization_servers=[AnyHttpUrl(server_url) for server_url in servers],
-            resource_name="mcp-gateway",
-        ),
+        Route(urlsplit(str(metadata_url)).path, protected_resource_metadata, methods=["GET", "OPTIONS"]),
     ]
     middleware = [
         Middleware(OriginGuard, allowed=origins),
@@ -304,7 +332,8 @@ async def _reloading(gateway: Gateway) -> AsyncIterator[None]:
         while True:
             await anyio.sleep(interval)
             try:
-                report = gateway.reload()
+                # Off the event loop: compiling a large policy must not stall calls in flight.
+                report = await anyio.to_thread.run_sync(gateway.reload)
             except GatewayError as exc:
                 logger.error("reload check failed: %s", exc)
                 continue
@@ -367,7 +396,7 @@ async def serve_stdio(settings: Settings) -> None:
         ):
             await server.run(read_stream, write_stream, server.create_initialization_options())
     finally:
-        await gateway.upstream.aclose()
+        await gateway.aclose()
         gateway.audit.close()
         telemetry.shutdown()
 

@@ -3,8 +3,9 @@
 The ``mcp`` SDK opens a SERVER span per request (tracer ``mcp-python-sdk``). The gateway does not open a span
 per stage (each costs about 30 µs against a budget of about 140 µs per call): it adds its decision, rule,
 catalog, subject, policy version and stage timings as attributes of that span, and opens child spans only for
-outbound work (the REST upstream). ``telemetry.detail: stages`` adds one span per stage after the fact, from
-the recorded timings, for debugging.
+outbound work: the REST upstream, and each request to a model endpoint (with the GenAI attributes
+``gen_ai.request.model``, ``gen_ai.operation.name`` and ``gen_ai.usage.*``). ``telemetry.detail: stages``
+adds one span per stage after the fact, from the recorded timings, for debugging.
 
 Spans and metrics go over OTLP/HTTP to ``telemetry.otlp_endpoint`` (on the egress allowlist) from a worker
 thread fed by a bounded queue: a collector that is down or slow never blocks or fails a call; spans that do
@@ -19,7 +20,8 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -47,15 +49,19 @@ __all__ = [
     "ATTR_OPERATION",
     "ATTR_POLICY_VERSION",
     "ATTR_REQUEST_ID",
+    "ATTR_REQUEST_MODEL",
     "ATTR_RULE",
     "ATTR_SUBJECT",
     "ATTR_TOOL",
     "ATTR_TOOL_DIGEST",
+    "ATTR_USAGE_INPUT_TOKENS",
+    "ATTR_USAGE_OUTPUT_TOKENS",
     "CallTimer",
     "Telemetry",
     "current_span_id",
     "current_trace_id",
     "inject_traceparent",
+    "model_span",
     "setup_telemetry",
     "tracer",
 ]
@@ -309,3 +315,29 @@ def fail_span(span: trace.Span, error_type: str) -> None:
     """Mark ``span`` failed with ``error.type`` (the stable code, never an internal message)."""
     span.set_attribute(ATTR_ERROR_TYPE, error_type)
     span.set_status(Status(StatusCode.ERROR))
+
+
+# GenAI semantic conventions name the completion operation "text_completion".
+_GEN_AI_OPERATIONS = {"chat": "chat", "completion": "text_completion", "embeddings": "embeddings"}
+
+
+@contextmanager
+def model_span(operation: str, model: str, attributes: Mapping[str, Any]) -> Iterator[trace.Span]:
+    """The current CLIENT span for one request to a model endpoint, named ``{operation} {model}`` as the GenAI
+    conventions ask; ``traceparent`` injected inside it names this span as the parent."""
+    name = _GEN_AI_OPERATIONS.get(operation, operation)
+    values = {ATTR_OPERATION: name, ATTR_REQUEST_MODEL: model, **attributes}
+    with tracer.start_as_current_span(
+        f"{name} {model}", kind=SpanKind.CLIENT, attributes=values, record_exception=False
+    ) as span:
+        yield span
+
+
+def record_usage(span: trace.Span, usage: Mapping[str, int] | None) -> None:
+    """Token counts, where the endpoint reported them, as ``gen_ai.usage.*``."""
+    if not usage:
+        return
+    if "prompt_tokens" in usage:
+        span.set_attribute(ATTR_USAGE_INPUT_TOKENS, usage["prompt_tokens"])
+    if "completion_tokens" in usage:
+        span.set_attribute(ATTR_USAGE_OUTPUT_TOKENS, usage["completion_tokens"])

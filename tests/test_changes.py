@@ -102,6 +102,23 @@ def test_cef_escapes_pipes_equals_and_newlines_from_callers() -> None:
     assert "rt=1795600800000" in line
 
 
+def test_cef_and_trace_neutralise_terminal_escapes_and_unicode_line_breaks(deployment: Deployment) -> None:
+    hostile = "eve\x1b[2J\u2028forged\x85line"
+    row = {"id": 1, "ts": "2026-11-25T10:00:00.000000+00:00", "event": hostile, "subject": hostile, "hash": "ab" * 32}
+    line = cef_line(row)
+    assert len(line.splitlines()) == 1
+    assert line[:-1].isprintable()  # nothing but the final newline is a control or format character
+    assert "eve\\x1b[2J\\u2028forged\\x85line" in line
+    log = AuditLog(load_settings(deployment.config).database_url)
+    log.record(AuditEntry(event="tools/call", decision="deny", outcome="x", subject=hostile, trace_id="e" * 32))
+    log.close()
+    story = runner.invoke(app, ["audit", "trace", "e" * 32, "-c", str(deployment.config)])
+    assert story.exit_code == 0, story.output
+    assert "\x1b" not in story.output
+    assert "\u2028" not in story.output
+    assert "\\x1b[2J" in story.output
+
+
 def test_export_cef_streams_every_row(deployment: Deployment) -> None:
     log = AuditLog(load_settings(deployment.config).database_url)
     for index in range(3):

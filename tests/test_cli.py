@@ -564,3 +564,128 @@ def test_audit_export_refuses_a_since_that_is_not_a_time(trail: Path) -> None:
     result = run("audit", "export", "--config", trail, "--since", "yesterday")
     assert result.exit_code == 2
     assert "--since" in text(result.stderr)
+
+
+@pytest.mark.parametrize(
+    ("audience", "normal"),
+    [
+        pytest.param("https://gw.example.com", "https://gw.example.com/", id="bare-origin"),
+        pytest.param("HTTPS://GW.example.com:443/mcp", "https://gw.example.com/mcp", id="case-and-default-port"),
+        pytest.param("api://mcp-gateway", None, id="not-http"),
+    ],
+)
+def test_audience_must_be_a_normalised_resource_uri(config: Path, audience: str, normal: str | None) -> None:
+    result = run("config", "check", "--config", config, env={"MCP_GATEWAY_IDENTITY__AUDIENCE": audience})
+    assert result.exit_code == 2
+    assert "identity.audience" in text(result.stderr)
+    if normal is not None:
+        assert normal in text(result.stderr)
+
+
+def test_jwks_url_must_use_tls_off_loopback(config: Path) -> None:
+    data = yaml.safe_load(config.read_text())
+    data["identity"].pop("jwks_file")
+    data["identity"]["jwks_url"] = "http://idp.example.internal/jwks.json"
+    data["egress"]["allow"].append("http://idp.example.internal")
+    config.write_text(yaml.safe_dump(data))
+    result = run("config", "check", "--config", config)
+    assert result.exit_code == 2
+    assert "identity.jwks_url" in text(result.stderr)
+
+
+def test_egress_entries_with_credentials_are_refused(config: Path) -> None:
+    data = yaml.safe_load(config.read_text())
+    data["egress"]["allow"].append("http://user:secret@127.0.0.1:9")
+    config.write_text(yaml.safe_dump(data))
+    result = run("config", "check", "--config", config)
+    assert result.exit_code == 2
+    assert "egress.allow" in text(result.stderr)
+    assert "secret" not in result.stderr
+
+
+def test_audit_tail_and_export_neutralise_control_characters(config: Path) -> None:
+    log = AuditLog(load_settings(config).database_url)
+    log.record(AuditEntry(event="tools/call", decision="deny", outcome="x", subject="eve\x1b[2J\u2028forged"))
+    log.close()
+    tail = run("audit", "tail", "--config", config)
+    assert "\x1b[2J" not in tail.stdout
+    assert "\\x1b" in tail.stdout
+    exported = run("audit", "export", "--config", config).stdout
+    assert exported.isascii()
+    assert len(exported.splitlines()) == 1
+
+
+# --- policy lint, diff and test -------------------------------------------------------------------------------
+
+
+def test_policy_lint_passes_the_shipped_policy(config: Path) -> None:
+    result = run("policy", "lint", "--config", config)
+    assert result.exit_code == 0, result.output
+    assert "0 errors, 0 warnings" in text(result.output)
+
+
+@pytest.mark.parametrize(
+    ("line", "severity", "message"),
+    [
+        ("p, role:support, internal, crm.nothing, call, allow", "error", "no tool 'crm.nothing'"),
+        ("p, role:support, internal, billing.*, call, allow", "error", "no pattern matching any tool"),
+        ("p, role:support, intranet, crm.search, call, allow", "error", "catalog 'intranet' does not exist"),
+        ("p, role:support, internal, crm.search, call, allow", "warning", "redundant: internal.csv:3"),
+        ("p, role:support, internal, crm.*, call, deny", "warning", "shadowed by deny"),
+        ("p, role:partner, partner, orders.*, call, allow", "warning", "covers write tools ['orders.cancel']"),
+        ("p, role:partner, partner, *, call, allow", "warning", "covers"),
+        ('p, "role:x", internal, crm.search, call, allow', "error", "quotes"),
+        ("p, role:a,b, internal, crm.search, call, allow", "error", "7 fields where 6 belong"),
+        ("p, role:a b, internal, crm.search, call, allow", "error", "space"),
+    ],
+)
+def test_policy_lint_finds(deployment: Path, config: Path, line: str, severity: str, message: str) -> None:
+    target = "partner.csv" if ", partner," in line else "internal.csv"
+    with (deployment / "policies" / target).open("a") as handle:
+        handle.write(line + "\n")
+    result = run("policy", "lint", "--config", config)
+    output = text(result.output)
+    assert f"{severity} " in output
+    assert message in output, output
+    assert result.exit_code == (1 if severity == "error" else 0)
+    assert run("policy", "lint", "--strict", "--config", config).exit_code == 1
+
+
+def test_policy_diff_names_who_gains_and_loses_which_tool(deployment: Path, config: Path) -> None:
+    proposed = deployment / "proposed"
+    shutil.copytree(deployment / "policies", proposed)
+    with (proposed / "internal.csv").open("a") as handle:
+        handle.write("p, role:support, internal, hr.salary_lookup, call, allow\n")
+    partner = proposed / "partner.csv"
+    partner.write_text(partner.read_text().replace("p, role:partner, partner, products.list, call, allow\n", ""))
+    same = run("policy", "diff", deployment / "policies", deployment / "policies", "--config", config)
+    assert same.exit_code == 0
+    result = run("policy", "diff", deployment / "policies", proposed, "--format", "csv", "--config", config)
+    assert result.exit_code == 1
+    assert list(csv.reader(io.StringIO(result.output))) == [
+        ["change", "subject", "catalog", "tool"],
+        ["gains", "role:support", "internal", "hr.salary_lookup"],
+        ["gains", "role:support_lead", "internal", "hr.salary_lookup"],
+        ["loses", "role:partner", "partner", "products.list"],
+    ]
+
+
+def test_policy_test_checks_a_table_of_expected_decisions(deployment: Path, config: Path) -> None:
+    cases = deployment / "expected.csv"
+    cases.write_text(
+        "# security team's expectations\n"
+        "subject,roles,catalog,tool,expect\n"
+        "alice,support,internal,crm.search,allow\n"
+        "alice,support,internal,hr.salary_lookup,deny\n"
+        "hana,hr|support,internal,hr.salary_lookup,allow\n"
+        "acme,partner,partner,orders.cancel,deny\n"
+    )
+    passed = run("policy", "test", cases, "--config", config)
+    assert passed.exit_code == 0, passed.output
+    assert "4 passed, 0 failed" in text(passed.output)
+    cases.write_text(cases.read_text() + "acme,partner,partner,orders.cancel,allow\n")
+    failed = run("policy", "test", cases, "--config", config)
+    assert failed.exit_code == 1
+    assert "expected allow, got deny by partner.csv:4" in text(failed.output)
+    cases.write_text("subject,roles,catalog,tool,expect\nalice,support,internal,crm.search,maybe\n")
+    assert run("policy", "test", cases, "--config", config).exit_code == 2

@@ -1,13 +1,23 @@
-"""The egress guard at start-up (JWKS fetch): allowlisted origins only, bounded, no redirects."""
+"""The egress guard on both HTTP stacks: allowlisted origins only, pinned addresses, no proxies, no redirects."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import httpx
 import pytest
 
 from mcp_gateway.config import EgressSettings
-from mcp_gateway.egress import EgressDeniedError, guarded_get
+from mcp_gateway.egress import (
+    MODEL_HEADERS,
+    EgressDeniedError,
+    Httpx2EgressDeniedError,
+    guarded_async_client,
+    guarded_get,
+    guarded_httpx2_client,
+)
 from tests.conftest import ExampleApi, free_port
+from tests.test_upstream import RawServer
 
 
 def test_allowlisted_origin_is_fetched(example_api: ExampleApi) -> None:
@@ -43,3 +53,126 @@ def test_response_over_the_cap_is_refused(example_api: ExampleApi) -> None:
 def test_error_status_is_an_error(example_api: ExampleApi) -> None:
     with pytest.raises(httpx.HTTPStatusError):
         guarded_get(EgressSettings(allow=(example_api.url,)), f"{example_api.url}/nope")
+
+
+# --- Address pinning, on both HTTP stacks ---------------------------------------------------------------------
+
+
+class Resolver:
+    """A scripted DNS edge: answers from a list, one answer per lookup, and counts lookups."""
+
+    def __init__(self, *answers: list[str]) -> None:
+        self.answers = list(answers)
+        self.lookups: list[tuple[str, int]] = []
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        return self.sync(host, port)
+
+    def sync(self, host: str, port: int) -> list[str]:
+        self.lookups.append((host, port))
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+
+def named(api: ExampleApi) -> tuple[str, EgressSettings]:
+    """The example API under a name only the scripted resolver knows (the system resolver would fail on it)."""
+    port = api.url.rsplit(":", 1)[1]
+    origin = f"http://inventory.gateway.test:{port}"
+    return origin, EgressSettings(allow=(origin,))
+
+
+async def fetch(stack: str, egress: EgressSettings, url: str, resolver: Resolver) -> int:
+    if stack == "httpx":
+        async with guarded_async_client(egress, resolver=resolver) as client:
+            return (await client.get(url)).status_code
+    async with guarded_httpx2_client(egress, resolver=resolver, headers=None) as client2:
+        return (await client2.get(url)).status_code
+
+
+STACKS = [pytest.param("httpx", id="httpx"), pytest.param("httpx2", id="httpx2")]
+DENIED = (EgressDeniedError, Httpx2EgressDeniedError)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+async def test_connection_goes_to_the_address_the_guard_checked(example_api: ExampleApi, stack: str) -> None:
+    # The name does not exist in DNS: reaching the API proves the socket went to the checked address, and that
+    # the replaced connection pool is the one each stack uses.
+    origin, egress = named(example_api)
+    resolver = Resolver(["127.0.0.1"])
+    assert await fetch(stack, egress, f"{origin}/health", resolver) == 200
+    assert resolver.lookups == [("inventory.gateway.test", int(origin.rsplit(":", 1)[1]))]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param(["169.254.169.254"], id="cloud-metadata"),
+        pytest.param(["127.0.0.1", "169.254.169.254"], id="mixed-answer"),
+        pytest.param(["::ffff:169.254.169.254"], id="ipv4-mapped-metadata"),
+        pytest.param(["0.0.0.0"], id="unspecified"),  # noqa: S104 - a resolver answer, not a bind
+        pytest.param(["224.0.0.1"], id="multicast"),
+        pytest.param(["fe80::1"], id="ipv6-link-local"),
+        pytest.param([], id="no-address"),
+    ],
+)
+async def test_name_resolving_to_a_forbidden_address_is_refused(
+    example_api: ExampleApi, stack: str, answer: list[str]
+) -> None:
+    origin, egress = named(example_api)
+    with pytest.raises(DENIED):
+        await fetch(stack, egress, f"{origin}/health", Resolver(answer))
+
+
+@pytest.mark.parametrize("stack", STACKS)
+async def test_rebinding_between_connections_is_checked_again(example_api: ExampleApi, stack: str) -> None:
+    # First lookup: the API. Next lookup (a new connection): the metadata address. The second is refused, and
+    # no lookup happens between a check and its connect (one lookup per connection).
+    origin, egress = named(example_api)
+    resolver = Resolver(["127.0.0.1"], ["169.254.169.254"])
+    assert await fetch(stack, egress, f"{origin}/health", resolver) == 200
+    with pytest.raises(DENIED):
+        await fetch(stack, egress, f"{origin}/health", resolver)
+    assert len(resolver.lookups) == 2
+
+
+@pytest.mark.parametrize("stack", STACKS)
+async def test_origin_off_the_allowlist_is_refused_on_both_stacks(example_api: ExampleApi, stack: str) -> None:
+    resolver = Resolver(["127.0.0.1"])
+    egress = EgressSettings(allow=(example_api.url,))
+    with pytest.raises(DENIED):
+        await fetch(stack, egress, f"http://127.0.0.1:{free_port()}/x", resolver)
+    assert resolver.lookups == []
+
+
+@pytest.mark.parametrize("stack", STACKS)
+async def test_proxy_variables_and_netrc_are_ignored(
+    example_api: ExampleApi, stack: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with RawServer() as proxy:
+        for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.setenv(name, proxy.url)
+        netrc = tmp_path / "netrc"
+        netrc.write_text("machine 127.0.0.1 login leak password leaked\n")
+        monkeypatch.setenv("NETRC", str(netrc))
+        egress = EgressSettings(allow=(example_api.url,))
+        assert await fetch(stack, egress, f"{example_api.url}/health", Resolver(["127.0.0.1"])) == 200
+        assert proxy.connections == 0
+
+
+def test_start_up_fetch_pins_the_address_too(example_api: ExampleApi) -> None:
+    origin, egress = named(example_api)
+    assert guarded_get(egress, f"{origin}/health", resolver=Resolver(["127.0.0.1"]).sync) == b'{"status":"ok"}'
+    with pytest.raises(EgressDeniedError):
+        guarded_get(egress, f"{origin}/health", resolver=Resolver(["169.254.169.254"]).sync)
+
+
+async def test_model_client_sends_only_allowlisted_headers(example_api: ExampleApi) -> None:
+    egress = EgressSettings(allow=(example_api.url,))
+    async with guarded_httpx2_client(egress) as client:
+        response = await client.get(
+            f"{example_api.url}/health", headers={"X-Leak": "1", "OpenAI-Organization": "org", "Accept": "*/*"}
+        )
+    assert response.status_code == 200
+    assert response.request.headers.get("x-leak") is None
+    assert response.request.headers.get("openai-organization") is None
+    assert set(response.request.headers) <= MODEL_HEADERS

@@ -12,20 +12,22 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from mcp_gateway.config import load_settings
+from mcp_gateway.errors import UnavailableError
 from mcp_gateway.gateway import Gateway
 from mcp_gateway.identity import Principal
 from mcp_gateway.server import build_gateway
-from tests.conftest import Deployment, ExampleApi
+from tests.conftest import API_KEY, Deployment, ExampleApi
 
 ALICE = Principal("alice", ("support",), "internal", (), None, "test", 2**40)
 HR = Principal("hana", ("hr",), "internal", (), None, "test", 2**40)
 
 
 @pytest.fixture
-async def gateway(deployment: Deployment) -> AsyncIterator[Gateway]:
+async def gateway(deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Gateway]:
+    monkeypatch.setenv("INVENTORY_API_KEY", API_KEY)  # the backends' server-side credential
     gateway = build_gateway(load_settings(deployment.config))
     yield gateway
-    await gateway.upstream.aclose()
+    await gateway.aclose()
     gateway.audit.close()
 
 
@@ -105,16 +107,19 @@ async def test_a_call_is_refused_when_its_audit_row_cannot_be_written(
 
 
 async def test_the_result_is_withheld_when_the_outcome_cannot_be_recorded(
-    gateway: Gateway, deployment: Deployment
+    gateway: Gateway, deployment: Deployment, example_api: ExampleApi
 ) -> None:
     with sqlite3.connect(deployment.database) as db:
         db.execute(
             "CREATE TRIGGER refuse_result BEFORE INSERT ON audit_record WHEN NEW.event = 'tools/call.result' "
             "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
         )
+    before = len(example_api.seen())
     result = await gateway.call_tool(ALICE, "crm.customer_lookup", {"customer_id": "c-100"}, "req-5")
+    assert len(example_api.seen()) == before + 1, "the backend answered; only the outcome row failed"
     assert error_code(result) == "unavailable"
     assert "Ada" not in str(result.model_dump())
+    assert rows(gateway)[-1]["outcome"] == "started"
 
 
 async def test_audit_chain_links_every_row(gateway: Gateway) -> None:
@@ -201,3 +206,77 @@ async def test_a_broken_file_left_in_place_is_reported_once(gateway: Gateway, de
     assert len(first.errors) == 2
     assert all(not report.errors for report in again)
     assert len(rows(gateway)) == count
+
+
+async def test_allowed_call_reaches_the_backend_and_records_both_rows(gateway: Gateway) -> None:
+    result = await gateway.call_tool(ALICE, "crm.customer_lookup", {"customer_id": "c-100"}, "req-ok")
+    assert not result.is_error
+    started, outcome = rows(gateway)[-2:]
+    assert (started["event"], started["outcome"], outcome["event"], outcome["outcome"]) == (
+        "tools/call",
+        "started",
+        "tools/call.result",
+        "ok",
+    )
+    assert started["args_digest"] == outcome["args_digest"] is not None
+
+
+async def test_a_reload_whose_audit_row_fails_changes_nothing_and_is_retried(
+    gateway: Gateway, deployment: Deployment
+) -> None:
+    trigger = (
+        "CREATE TRIGGER refuse_reload BEFORE INSERT ON audit_record WHEN NEW.event LIKE '%.reload' "
+        "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+    )
+    with sqlite3.connect(deployment.database) as db:
+        db.execute(trigger)
+    _append(deployment.policies / "internal.csv", "p, user:alice, internal, hr.salary_lookup, call, allow")
+    catalog = deployment.root / "catalogs" / "internal.yaml"
+    catalog.write_text(catalog.read_text().replace("name: crm.search", "name: crm.find"))
+    version = gateway.policy.snapshot.version
+    with pytest.raises(UnavailableError):
+        gateway.reload()
+    assert gateway.policy.snapshot.version == version
+    assert "hr.salary_lookup" not in [tool.name for tool in gateway.visible_tools(ALICE)]
+    with pytest.raises(UnavailableError):
+        gateway.reload()  # still unrecorded: still not applied
+
+    with sqlite3.connect(deployment.database) as db:
+        db.execute("DROP TRIGGER refuse_reload")
+    report = gateway.reload()
+    assert report.policy_changed
+    assert report.catalogs_changed
+    names = [tool.name for tool in gateway.visible_tools(ALICE)]
+    assert "hr.salary_lookup" in names
+    assert "crm.find" in names
+    assert [row["event"] for row in rows(gateway)[-2:]] == ["policy.reload", "catalog.reload"]
+
+
+async def test_nan_arguments_are_refused_before_the_schema_and_the_backend(
+    gateway: Gateway, example_api: ExampleApi
+) -> None:
+    before = len(example_api.seen())
+    result = await gateway.call_tool(ALICE, "crm.search", {"query": float("nan")}, "req-nan")
+    assert error_code(result) == "invalid_arguments"
+    assert len(example_api.seen()) == before
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("x" * 3_000_000, id="three-megabytes"),
+        pytest.param("crm.search\x1b[2J\x1b[31mRED", id="terminal-escapes"),
+        pytest.param("crm.search\u2028forged line", id="line-separator"),
+        pytest.param("crm\ud800", id="lone-surrogate"),
+    ],
+)
+async def test_caller_chosen_invalid_tool_names_are_not_stored_verbatim(gateway: Gateway, name: str) -> None:
+    with pytest.raises(MCPError) as caught:
+        await gateway.call_tool(ALICE, name, {}, "req-name")
+    assert caught.value.data["code"] == "unknown_tool"
+    row = rows(gateway)[-1]
+    assert row["tool"].startswith("invalid:")
+    assert len(row["tool"]) == len("invalid:") + 32
+    assert len(row["detail"]) < 400
+    assert "\x1b" not in row["detail"]
+    assert "\u2028" not in row["detail"]

@@ -35,7 +35,7 @@ def test_missing_token_gets_401_pointing_at_protected_resource_metadata(http_gat
 
     metadata = httpx.get(metadata_url, trust_env=False).json()
     assert metadata["resource"] == http_gateway.deployment.audience
-    assert metadata["authorization_servers"] == [ISSUER + "/"] or metadata["authorization_servers"] == [ISSUER]
+    assert metadata["authorization_servers"] == [ISSUER]  # verbatim: clients compare issuers exactly
 
 
 @pytest.mark.parametrize(
@@ -139,3 +139,19 @@ def test_gateway_refuses_to_start_on_a_broken_policy_or_catalog(
     assert file_name in result.stderr
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{deployment.port}/healthz", trust_env=False, timeout=1)
+
+
+def test_several_origin_headers_are_refused(http_gateway: HttpGateway) -> None:
+    token = http_gateway.deployment.mint("alice", ("support",), "internal")
+    with httpx.Client(trust_env=False, timeout=10) as client:
+        response = client.post(
+            f"{http_gateway.url}/mcp",
+            json=INITIALIZE,
+            headers=[
+                *MCP_HEADERS.items(),
+                ("Origin", "https://evil.example"),
+                ("Origin", http_gateway.url),
+                ("Authorization", f"Bearer {token}"),
+            ],
+        )
+    assert response.status_code == 403

@@ -55,7 +55,7 @@ async def test_sdk_low_level_server_serves_calls_to_unlisted_tools_unvalidated()
 async def gateway(deployment: Deployment) -> Any:
     gateway = build_gateway(load_settings(deployment.config))
     yield gateway
-    await gateway.upstream.aclose()
+    await gateway.aclose()
     gateway.audit.close()
 
 

@@ -16,17 +16,26 @@ from typing import Any
 
 import anyio
 import pytest
+import requests
 from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from typer.testing import CliRunner
 
 from mcp_gateway.audit import AuditLog
 from mcp_gateway.cli import app
+from mcp_gateway.config import EgressSettings
 from mcp_gateway.devkeys import DevKey
+from mcp_gateway.egress import guarded_requests_session
 from tests.conftest import Deployment, ExampleApi, free_port, make_deployment, stop, wait_http
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan, running_receiver
+from tests.test_egress import Resolver
+from tests.test_upstream import RawServer
 
 SERVER, CLIENT = 2, 3  # OTLP SpanKind values
 
@@ -114,7 +123,9 @@ def test_spans_metrics_traceparent_and_audit_rows_tell_one_story(
     assert attributes["mcp_gateway.catalog"] == "internal"
     assert attributes["mcp_gateway.subject"] == "alice"
     assert len(attributes["mcp_gateway.policy.version"]) == 64
-    assert {"mcp_gateway.stage.policy.ms", "mcp_gateway.stage.backend.ms"} <= set(attributes)
+    stages = ("catalog", "policy", "limits", "audit_decision", "backend", "result_dlp", "audit_outcome")
+    assert {f"mcp_gateway.stage.{stage}.ms" for stage in stages} <= set(attributes)
+    assert "mcp_gateway.stage.approval.ms" not in attributes  # the tool needs no second-person approval
     assert not [s for s in receiver.spans if s.name.startswith("mcp_gateway.policy")]  # detail: calls
 
     # One child span for the outbound REST call, named by its template.
@@ -189,3 +200,80 @@ def test_otlp_endpoint_must_be_on_the_egress_allowlist(deployment: Deployment) -
     result = CliRunner().invoke(app, ["config", "check", "--config", str(deployment.config)])
     assert result.exit_code == 2
     assert "telemetry.otlp_endpoint" in result.output
+
+
+# --- The exporter's HTTP goes through the egress guard ---------------------------------------------------------
+
+
+def _named_receiver(receiver: OtlpReceiver) -> tuple[str, EgressSettings]:
+    """The receiver under a name only the scripted resolver knows: reaching it proves the guard's pinned pool
+    carried the request."""
+    origin = f"http://collector.gateway.test:{receiver.url.rsplit(':', 1)[1]}"
+    return origin, EgressSettings(allow=(origin,))
+
+
+def _export_one(session: requests.Session, endpoint: str) -> SpanExportResult:
+    provider = TracerProvider()
+    spans = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    provider.get_tracer("test").start_span("exported").end()
+    exporter = OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces", timeout=5, session=session)
+    try:
+        return exporter.export(spans.get_finished_spans())
+    finally:
+        exporter.shutdown()
+        provider.shutdown()
+
+
+def test_otlp_exporter_sends_through_the_guarded_pinned_client() -> None:
+    with running_receiver() as receiver:
+        origin, egress = _named_receiver(receiver)
+        resolver = Resolver(["127.0.0.1"])
+        result = _export_one(guarded_requests_session(egress, resolver=resolver.sync), origin)
+        assert result is SpanExportResult.SUCCESS
+        assert [span.name for span in receiver.spans] == ["exported"]
+        assert resolver.lookups == [("collector.gateway.test", int(origin.rsplit(":", 1)[1]))]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [pytest.param(["169.254.169.254"], id="cloud-metadata"), pytest.param(["127.0.0.1", "fe80::1"], id="mixed")],
+)
+def test_otlp_exporter_refuses_a_collector_name_resolving_to_a_forbidden_address(answer: list[str]) -> None:
+    with running_receiver() as receiver:
+        origin, egress = _named_receiver(receiver)
+        session = guarded_requests_session(egress, resolver=Resolver(answer).sync)
+        with pytest.raises(requests.ConnectionError, match="resolves to"):
+            session.post(f"{origin}/v1/traces", data=b"")
+        assert _export_one(guarded_requests_session(egress, resolver=Resolver(answer).sync), origin) is not (
+            SpanExportResult.SUCCESS
+        )
+        assert receiver.requests == 0
+
+
+def test_otlp_session_refuses_origins_off_the_allowlist_redirects_and_proxies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with running_receiver() as receiver, RawServer() as proxy:
+        for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.setenv(name, proxy.url)
+        session = guarded_requests_session(EgressSettings(allow=(receiver.url,)))
+        with pytest.raises(requests.ConnectionError, match="not allowed"):
+            session.post(f"http://127.0.0.1:{free_port()}/v1/traces", data=b"")
+        # Straight to the collector, not through the proxy the environment names.
+        assert _export_one(session, receiver.url) is SpanExportResult.SUCCESS
+        assert proxy.connections == 0
+    redirect = b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://169.254.169.254/\r\nContent-Length: 0\r\n\r\n"
+    flood = b"HTTP/1.1 200 OK\r\nContent-Length: 2000000\r\n\r\n" + b"x" * 2_000_000
+    with RawServer({"/v1/traces": redirect, "/v1/metrics": flood}) as collector:
+        session = guarded_requests_session(EgressSettings(allow=(collector.url,)))
+        # requests surprise (2.34): with max_redirects=0 a 3xx raises even under allow_redirects=False (the
+        # exporter's setting), because the session still works out ``response.next``. Never followed either way.
+        for follow in (False, True):
+            with pytest.raises(requests.TooManyRedirects):
+                session.post(f"{collector.url}/v1/traces", data=b"", allow_redirects=follow)
+        assert collector.connections == 2
+        with pytest.raises(requests.ConnectionError, match="exceeds"):
+            session.post(f"{collector.url}/v1/metrics", data=b"")
+        assert _export_one(session, collector.url) is SpanExportResult.FAILURE
+        assert collector.connections == 4

@@ -343,19 +343,15 @@ async def test_request_id_header_reaches_the_upstream(tmp_path: Path, upstream: 
     ("value", "segment"),
     [
         # characters that would change the request's target
-        pytest.param("a/b", "a%2Fb", id="slash"),
-        pytest.param("../admin", "..%2Fadmin", id="dot-dot-slash"),
         pytest.param("a?b=c", "a%3Fb%3Dc", id="question-mark"),
         pytest.param("a#b", "a%23b", id="hash"),
         pytest.param("a;b", "a%3Bb", id="semicolon"),
-        pytest.param("a\\b", "a%5Cb", id="backslash"),
         # already-encoded input is encoded again, never decoded
         pytest.param("100%", "100%25", id="percent"),
         pytest.param("%2e%2e", "%252e%252e", id="pre-encoded-dot-dot"),
         pytest.param("a%2Fb", "a%252Fb", id="pre-encoded-slash"),
         # whitespace, control characters, unicode
         pytest.param("a b", "a%20b", id="space"),
-        pytest.param("a\r\nb", "a%0D%0Ab", id="crlf"),
         pytest.param("café", "caf%C3%A9", id="latin"),
         pytest.param("日本", "%E6%97%A5%E6%9C%AC", id="cjk"),
         pytest.param("\u0441rm", "%D1%81rm", id="cyrillic"),
@@ -384,6 +380,13 @@ async def test_path_argument_is_percent_encoded_as_one_segment(
 @pytest.mark.parametrize(
     "value",
     [
+        # separators and control characters: many backends decode %2F before routing
+        pytest.param("a/b", id="slash"),
+        pytest.param("../admin", id="dot-dot-slash"),
+        pytest.param("a\\b", id="backslash"),
+        pytest.param("a\r\nb", id="crlf"),
+        pytest.param("a\x00b", id="nul"),
+        pytest.param("a\x7fb", id="del"),
         # dot-segments and the empty segment
         pytest.param(".", id="dot"),
         pytest.param("..", id="dot-dot"),
@@ -612,7 +615,6 @@ async def test_dripping_upstream_fails_at_the_total_deadline_not_per_read(
     [
         pytest.param("/big", id="content-length"),
         pytest.param("/chunked", id="chunked"),
-        pytest.param("/gzip-bomb", id="gzip-bomb"),
     ],
 )
 async def test_answer_larger_than_the_cap_fails(
@@ -627,9 +629,22 @@ async def test_answer_larger_than_the_cap_fails(
     assert info.value.__cause__ is None  # the cap tripped; not a transport or decoding failure
 
 
-def test_gzip_bomb_is_small_on_the_wire() -> None:
-    # The bomb test above is only meaningful if the compressed body is itself well under the inflated cap.
+async def test_compressed_answer_is_refused_even_when_small_on_the_wire(
+    tmp_path: Path, upstream: Upstream, client: HttpUpstream
+) -> None:
+    # The gateway asks for identity encoding; a backend that compresses anyway could inflate past the cap
+    # inside one decoded chunk, so the answer is refused rather than decoded.
     assert len(GZIP_BOMB) < 64 * 1024
+    tool = make_tool(tmp_path, f"{upstream.url}/gzip-bomb", max_response_bytes=CAP)
+    rid = request_id()
+
+    with pytest.raises(UpstreamError) as info:
+        await client.call(tool, {}, rid)
+
+    assert info.value.code == "upstream_failed"
+    assert "Content-Encoding" in str(info.value)
+    [seen] = upstream.requests(rid)
+    assert seen.headers["accept-encoding"] == "identity"
 
 
 @pytest.mark.parametrize(
@@ -752,3 +767,21 @@ def test_only_json_media_types_are_parsed_as_json() -> None:
     problem = httpx.Response(200, headers={"content-type": "application/problem+json"}, content=b'{"title":"x"}')
     assert _result("t", ndjson, ndjson.content).structured_content is None
     assert _result("t", problem, problem.content).structured_content == {"title": "x"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"[" * 100_000 + b"]" * 100_000, id="nesting-past-the-stack"),
+        pytest.param(b'{"n": ' + b"9" * 5000 + b"}", id="integer-past-the-digit-limit"),
+    ],
+)
+def test_unparseable_json_from_upstream_is_an_upstream_error(body: bytes) -> None:
+    import httpx
+
+    from mcp_gateway.upstream import _result
+
+    response = httpx.Response(200, headers={"content-type": "application/json"}, content=body)
+    with pytest.raises(UpstreamError) as info:
+        _result("t", response, body)
+    assert info.value.code == "upstream_failed"

@@ -1,0 +1,133 @@
+"""Rate limits: a token bucket per (catalog, subject, tool), declared in the catalog as ``60/minute``.
+
+A limit of ``N/period`` is a bucket holding at most ``N`` tokens that refills at ``N`` per period; each call
+takes one token or is refused with the time until the next token. A burst of ``N`` calls passes at once, and
+over any window of length ``t`` at most ``N + N*t/period`` calls pass.
+
+The bucket state sits behind :class:`BucketStore`, so replicas can later share it through the database: a
+store only has to make :meth:`BucketStore.take` atomic per key. :class:`MemoryBucketStore` is the one-process
+store (a lock around a dict; 200 threads taking at once never admit more than the bucket holds).
+
+Limits are applied after the policy decision (a hidden tool's limit reveals nothing) and before argument
+validation and any backend work, so a flood of malformed calls is limited too.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from mcp_gateway.errors import RateLimitedError
+
+__all__ = ["BucketStore", "MemoryBucketStore", "RateLimiter", "RateSpec", "parse_rate"]
+
+logger = logging.getLogger(__name__)
+
+_PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86_400.0}
+_RATE = re.compile(r"\s*([1-9][0-9]{0,8})\s*/\s*(second|minute|hour|day)s?\s*")
+DEFAULT_MAX_KEYS = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class RateSpec:
+    """``count`` calls per ``period`` seconds: the bucket's capacity and its refill rate."""
+
+    count: int
+    period: float
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse_rate(text: str) -> RateSpec:
+    """Parse ``"60/minute"`` (also ``second``, ``hour``, ``day``; a plural ``s`` is accepted).
+
+    Raises:
+        ValueError: not of the form ``N/unit`` with ``N`` a positive integer.
+    """
+    match = _RATE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"rate limit {text[:40]!r} is not like 60/minute (units: {', '.join(_PERIODS)})")
+    count, unit = int(match.group(1)), match.group(2)
+    return RateSpec(count, _PERIODS[unit], f"{count}/{unit}")
+
+
+class BucketStore(Protocol):
+    """Where bucket levels live. A shared (database) store must make :meth:`take` atomic per key."""
+
+    def take(self, key: str, spec: RateSpec, now: float) -> float:
+        """Take one token from ``key``'s bucket at time ``now`` (seconds, any fixed origin).
+
+        Returns:
+            0.0 when a token was taken; otherwise the seconds until one will be available (nothing is taken).
+        """
+        ...
+
+
+class MemoryBucketStore:
+    """Buckets of one process: a dict under a lock. Refilled buckets are dropped when the dict grows too big."""
+
+    def __init__(self, max_keys: int = DEFAULT_MAX_KEYS) -> None:
+        # key -> (tokens, at, capacity, refill rate per second)
+        self._levels: dict[str, tuple[float, float, float, float]] = {}
+        self._lock = threading.Lock()
+        self._max_keys = max_keys
+
+    def __len__(self) -> int:
+        return len(self._levels)
+
+    def take(self, key: str, spec: RateSpec, now: float) -> float:
+        capacity, rate = float(spec.count), spec.count / spec.period
+        with self._lock:
+            level = self._levels.get(key)
+            if level is None:
+                if len(self._levels) >= self._max_keys and not self._sweep(now):
+                    # Fail closed rather than forget limits: every bucket is still refilling.
+                    return 1.0 / rate
+                tokens = capacity
+            else:
+                tokens = min(capacity, level[0] + max(0.0, now - level[1]) * rate)
+            if tokens >= 1.0:
+                self._levels[key] = (tokens - 1.0, now, capacity, rate)
+                return 0.0
+            self._levels[key] = (tokens, now, capacity, rate)
+            return (1.0 - tokens) / rate
+
+    def _sweep(self, now: float) -> bool:
+        # A bucket that has refilled is indistinguishable from an absent one.
+        full = [key for key, (tokens, at, cap, rate) in self._levels.items() if tokens + (now - at) * rate >= cap]
+        for key in full:
+            del self._levels[key]
+        logger.info("rate limiter swept %d refilled buckets, %d remain", len(full), len(self._levels))
+        return len(self._levels) < self._max_keys
+
+
+class RateLimiter:
+    """Applies each tool's :class:`RateSpec` to the calling subject, through a :class:`BucketStore`."""
+
+    def __init__(self, store: BucketStore | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.store: BucketStore = store if store is not None else MemoryBucketStore()
+        self._clock = clock
+
+    @staticmethod
+    def key(catalog: str, subject: str, tool: str, spec: RateSpec) -> str:
+        """The bucket key: a changed limit starts a fresh bucket rather than inheriting another size's level."""
+        return f"{catalog}\0{subject}\0{tool}\0{spec.period}\0{spec.count}"
+
+    def take(self, catalog: str, subject: str, tool: str, spec: RateSpec | None) -> None:
+        """Admit one call or refuse it.
+
+        Raises:
+            RateLimitedError: the bucket is empty; ``retry_after`` says when the next token arrives.
+        """
+        if spec is None:
+            return
+        wait = self.store.take(self.key(catalog, subject, tool, spec), spec, self._clock())
+        if wait > 0.0:
+            raise RateLimitedError(f"{subject!r} over {spec} on {catalog}/{tool}", retry_after=wait)
