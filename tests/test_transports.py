@@ -120,13 +120,25 @@ async def test_stdio_token_that_expires_mid_session_stops_working(
 ) -> None:
     import time
 
+    from mcp.client.stdio import StdioServerParameters
+
     from tests.conftest import make_deployment
 
-    deployment = make_deployment(tmp_path, example_api, dev_key, identity={"leeway": 0})
-    token = deployment.mint("alice", ("support",), "internal", ttl=3)
-    async with connect("stdio", "legacy", deployment, token) as client:
+    deployment = make_deployment(tmp_path / "d", example_api, dev_key, identity={"leeway": 0})
+    token_file = tmp_path / "token"
+    token_file.write_text(deployment.mint("alice", ("support",), "internal"))
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "mcp_gateway", "serve", "--transport", "stdio"],
+        env={**deployment.env(), "MCP_GATEWAY_TOKEN_FILE": str(token_file)},
+        cwd=str(deployment.root),
+    )
+    async with Client(params, mode="legacy", read_timeout_seconds=20) as client:
+        await client.list_tools()  # the process is up: its start-up time no longer eats into the short token
+        short = deployment.mint("alice", ("support",), "internal", ttl=5)
+        token_file.write_text(short)
         assert (await client.call_tool("crm.search", {"query": "ada"})).structured_content is not None
-        time.sleep(max(0.0, deployment.key_expiry(token) - time.time() + 1.1))
+        time.sleep(max(0.0, deployment.key_expiry(short) - time.time() + 1.1))
         with pytest.raises(MCPError) as caught:
             await client.call_tool("crm.search", {"query": "ada"})
     assert caught.value.code == UNAUTHENTICATED
