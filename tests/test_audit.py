@@ -113,7 +113,9 @@ def test_gateways_opening_a_fresh_trail_at_once_all_start(tmp_path: Path) -> Non
         barrier = threading.Barrier(openers)
         failures: list[BaseException] = []
 
-        def open_and_write(url: str = url, barrier: threading.Barrier = barrier) -> None:
+        def open_and_write(
+            url: str = url, barrier: threading.Barrier = barrier, failures: list[BaseException] = failures
+        ) -> None:
             barrier.wait(timeout=10)
             try:
                 log = AuditLog(url)
