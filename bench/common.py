@@ -214,6 +214,7 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "load_average_at_start": [round(value, 2) for value in os.getloadavg()],
         "sqlite": __import__("sqlite3").sqlite_version,
         "versions": {name: version(name) for name in packages},
     }

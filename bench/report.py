@@ -190,6 +190,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         f"Measured {info['date']} on {info['cpu']} ({info['cores']} cores), {info['platform']}, "
         f"Python {info['python']}, SQLite {info['sqlite']}; {versions}."
+        + (f" Load average at start: {info['load_average_at_start'][0]}." if "load_average_at_start" in info else "")
         + (" Quick run." if results.get("quick") else ""),
         "",
     ]
