@@ -147,7 +147,13 @@ class AuditLog:
         self._lock = threading.Lock()
         self._writer: PoolProxiedConnection | None = None
         try:
-            SQLModel.metadata.create_all(self._engine, tables=[_TABLE])
+            try:
+                SQLModel.metadata.create_all(self._engine, tables=[_TABLE])
+            except SQLAlchemyError:
+                # create_all checks, then creates: a process starting at the same moment (two stdio sessions
+                # launched together) can create the table in between. Checking again settles it; a real
+                # failure fails again.
+                SQLModel.metadata.create_all(self._engine, tables=[_TABLE])
         except SQLAlchemyError as exc:
             raise UnavailableError(f"audit database unavailable: {type(exc).__name__}: {exc}") from exc
 
