@@ -210,10 +210,19 @@ class AuditLog:
         self._wakeup = threading.Condition()
         self._committer: threading.Thread | None = None
         self._closing = False
-        try:
-            SQLModel.metadata.create_all(self._engine, tables=[_TABLE, _CHECKPOINTS])
-        except SQLAlchemyError as exc:
-            raise UnavailableError(f"audit database unavailable: {type(exc).__name__}: {exc}") from exc
+        # create_all checks, then creates, table by table (each statement commits on its own here): a process
+        # starting at the same moment (two stdio sessions launched together) can create a table in between.
+        # Checking again settles it, once per table at most; a real failure fails every time. The check runs on a
+        # fresh connection: SQLite's PRAGMA table_info answers from the connection's cached schema, which can
+        # still lack the table another connection just created.
+        for attempt in range(3):
+            try:
+                SQLModel.metadata.create_all(self._engine, tables=[_TABLE, _CHECKPOINTS])
+                break
+            except SQLAlchemyError as exc:
+                if attempt == 2:
+                    raise UnavailableError(f"audit database unavailable: {type(exc).__name__}: {exc}") from exc
+                self._engine.dispose()
 
     def close(self) -> None:
         with self._wakeup:

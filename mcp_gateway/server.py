@@ -9,6 +9,7 @@ serves it over stdio with the token taken from the environment or a file and re-
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -193,6 +194,17 @@ def _authenticate(
         except GatewayError as audit_exc:
             logger.error("audit unavailable while refusing request %s: %s", request_id, audit_exc)
         raise to_mcp_error(exc, request_id) from exc
+
+
+def _freeze_startup_heap() -> None:
+    """Exempt everything built at start-up from the cyclic garbage collector before serving.
+
+    Modules, SQLAlchemy metadata, pydantic and JSON Schema validators make up most of the heap and live as long
+    as the process; without this every full collection walks them again (``bench/``: GC took 36 µs per call,
+    7 µs after freezing, and one full collection is a pause of tens of milliseconds).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 # -- HTTP -------------------------------------------------------------------------------------------------
@@ -388,6 +400,7 @@ async def serve_stdio(settings: Settings) -> None:
     gateway = build_gateway(settings)
     checkpointer = build_checkpointer(settings, gateway)
     server = build_server(gateway, stdio_principal(verifier))
+    _freeze_startup_heap()
     try:
         async with (
             stdio_server() as (read_stream, write_stream),
@@ -410,6 +423,7 @@ async def run_http(settings: Settings) -> None:
     gateway = build_gateway(settings)
     app = build_app(settings, gateway, verifier, build_checkpointer(settings, gateway))
     config = uvicorn.Config(app, host=settings.http.host, port=settings.http.port, log_level="warning")
+    _freeze_startup_heap()
     try:
         await uvicorn.Server(config).serve()
     finally:

@@ -170,3 +170,38 @@ def test_power_durability_sets_synchronous_full(tmp_path: Path) -> None:
             level = connection.exec_driver_sql("PRAGMA synchronous").scalar()
         log.close()
         assert level == expected, durability
+
+
+def test_gateways_opening_a_fresh_trail_at_once_all_start(tmp_path: Path) -> None:
+    # Two stdio sessions launched together each open the trail; the table must be created exactly once
+    # and neither may refuse to start because the other created it first.
+    import threading
+
+    openers = 6
+    for attempt in range(3):
+        url = f"sqlite:///{tmp_path / f'fresh-{attempt}.db'}"
+        barrier = threading.Barrier(openers)
+        failures: list[BaseException] = []
+
+        def open_and_write(
+            url: str = url, barrier: threading.Barrier = barrier, failures: list[BaseException] = failures
+        ) -> None:
+            barrier.wait(timeout=10)
+            try:
+                log = AuditLog(url)
+                log.record(entry(0))
+                log.close()
+            except UnavailableError as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=open_and_write) for _ in range(openers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert failures == []
+        log = AuditLog(url)
+        rows = list(log.iter_rows())
+        log.close()
+        assert len(rows) == openers
+        assert_linear(rows)

@@ -1,0 +1,64 @@
+"""The benchmarks keep working as the gateway changes: each runs once at its smallest size.
+
+No figure is asserted (speed targets are ratios in ``bench/``, never timed assertions in tests); what is
+asserted is that every benchmark measures what it says: real calls answered, rows written, sessions held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from bench import audit_bench, echo_bench, gateway_bench
+from bench.common import free_port, make_deployment, server_process
+from bench.report import markdown
+from bench.servers import _diagnostic_audit
+from mcp_gateway.audit import AuditLog
+
+pytestmark = pytest.mark.slow
+
+
+def test_echo_measure_counts_every_call_on_bare_and_governed_servers() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        deployment = make_deployment(Path(tmp), "http://127.0.0.1:9")
+        port = free_port()
+        bare = f"http://127.0.0.1:{port}"
+        governed = ["governed", "--echo", "local", "--config", str(deployment.config)]
+        with (
+            server_process(["bare", "--port", str(port)], f"{bare}/healthz"),
+            server_process(governed, f"{deployment.url}/healthz", deployment.env()),
+        ):
+            for url, token in ((bare, None), (deployment.url, deployment.token)):
+                opener = echo_bench._http_opener(url, "2026-07-28", token)
+                (sequential, _), (concurrent, _) = asyncio.run(echo_bench.measure(opener, 7, 3, 4))
+                assert len(sequential) == 7
+                assert len(concurrent) == 3 * 4
+        log = AuditLog(f"sqlite:///{Path(tmp) / 'state' / 'audit.db'}")
+        outcomes = [row for row in log.tail(1000) if row["event"] == "tools/call.result"]
+        log.close()
+        assert len(outcomes) == 3 * 5 + 7 + 3 * 4  # warm-up, sequential and concurrent calls, each audited
+
+
+@pytest.mark.parametrize(("audit", "rows_per_call"), [("full", 2), ("decision-off", 1), ("off", 0)])
+def test_diagnostic_audit_hooks_still_reach_the_gateway(tmp_path: Path, audit: str, rows_per_call: int) -> None:
+    # The diagnostics wrap Gateway.audit; if that seam moves, they must fail loudly, not measure nothing.
+    gateway = gateway_bench._gateway(tmp_path, 0)
+    _diagnostic_audit(gateway, audit)
+    figures = asyncio.run(gateway_bench._calls(gateway, 5))
+    gateway.audit.close()
+    assert figures["audit_rows_per_call"] == rows_per_call
+
+
+def test_audit_appends_and_report_render(tmp_path: Path) -> None:
+    result = audit_bench.run_appends(quick=True, rounds=1, callers=2)
+    single = result["appends"]["single writer"]["AuditLog.record"]
+    assert single["rows_per_s"] > 0
+    text = markdown({"machine": _machine(), "audit": result})
+    assert "AuditLog.record" in text
+
+
+def _machine() -> dict[str, object]:
+    return {"date": "d", "cpu": "c", "cores": 2, "platform": "p", "python": "3", "sqlite": "3", "versions": {}}
