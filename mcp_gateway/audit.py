@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, fields
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import Engine, create_engine, event, insert, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlmodel import Field, SQLModel
 
@@ -154,9 +155,10 @@ def _sqlite_pragmas(durability: Durability) -> Callable[[Any, Any], None]:
         # writes can interleave with another writer; the writer issues BEGIN IMMEDIATE instead.
         dbapi_connection.isolation_level = None  # we issue BEGIN IMMEDIATE ourselves
         cursor = dbapi_connection.cursor()
+        # The busy timeout first: switching a new database to WAL takes a lock another process may hold.
+        cursor.execute("PRAGMA busy_timeout=5000")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={synchronous}")
-        cursor.execute("PRAGMA busy_timeout=5000")
         cursor.close()
 
     return on_connect
@@ -210,19 +212,36 @@ class AuditLog:
         self._wakeup = threading.Condition()
         self._committer: threading.Thread | None = None
         self._closing = False
-        # create_all checks, then creates, table by table (each statement commits on its own here): a process
-        # starting at the same moment (two stdio sessions launched together) can create a table in between.
-        # Checking again settles it, once per table at most; a real failure fails every time. The check runs on a
-        # fresh connection: SQLite's PRAGMA table_info answers from the connection's cached schema, which can
-        # still lack the table another connection just created.
-        for attempt in range(3):
+        for attempt in range(5):
             try:
-                SQLModel.metadata.create_all(self._engine, tables=[_TABLE, _CHECKPOINTS])
+                self._create_tables()
                 break
-            except SQLAlchemyError as exc:
-                if attempt == 2:
+            except OperationalError as exc:
+                # SQLite answers "database is locked" at once, without waiting out the busy timeout, in some
+                # lock upgrades (switching a brand-new file to WAL among several openers): start-up waits briefly
+                # and tries again. A database that stays locked, or any other error, refuses to open.
+                if attempt == 4 or self._postgres or "locked" not in str(exc):
                     raise UnavailableError(f"audit database unavailable: {type(exc).__name__}: {exc}") from exc
                 self._engine.dispose()
+                time.sleep(0.05 * 2**attempt)
+            except SQLAlchemyError as exc:
+                raise UnavailableError(f"audit database unavailable: {type(exc).__name__}: {exc}") from exc
+
+    def _create_tables(self) -> None:
+        # create_all checks, then creates, table by table. On SQLite (autocommit here) a process starting at the
+        # same moment could create a table in between, so the check and the creation run under SQLite's write
+        # lock: a second process waits (busy_timeout), then finds the tables. PostgreSQL DDL is transactional.
+        if self._postgres:
+            SQLModel.metadata.create_all(self._engine, tables=[_TABLE, _CHECKPOINTS])
+            return
+        with self._engine.connect() as connection:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                SQLModel.metadata.create_all(connection, tables=[_TABLE, _CHECKPOINTS])
+            except BaseException:
+                connection.exec_driver_sql("ROLLBACK")
+                raise
+            connection.exec_driver_sql("COMMIT")
 
     def close(self) -> None:
         with self._wakeup:

@@ -5,6 +5,7 @@ Everything binds 127.0.0.1 on free ports and is stopped at the end.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import secrets
 import shutil
@@ -290,9 +291,9 @@ def gemma_gguf() -> tuple[Path, str]:
 @pytest.fixture(scope="session")
 def llama_server() -> Iterator[LlamaServer]:
     """llama.cpp's server on 127.0.0.1 serving Gemma 3 270M on one thread; stopped at the end of the session."""
-    try:
-        import llama_cpp.server  # noqa: F401
-    except ImportError:
+    # Looked up, not imported: importing llama_cpp opens os.devnull twice at module level and never closes it,
+    # which prints a ResourceWarning after pytest's summary. The server runs in its own process anyway.
+    if importlib.util.find_spec("llama_cpp") is None:
         if os.environ.get("CI"):
             pytest.fail("llama-cpp-python[server] is not installed; `make test` installs the models extra")
         pytest.skip("the models extra is not installed (pip install -e '.[models]')")
