@@ -119,9 +119,15 @@ class Deployment:
 
 
 def make_deployment(
-    root: Path, echo_api_url: str, *, filler_tools: int = 0, settings: dict[str, Any] | None = None
+    root: Path,
+    echo_api_url: str,
+    *,
+    filler_tools: int = 0,
+    settings: dict[str, Any] | None = None,
+    echo_keys: dict[str, Any] | None = None,
 ) -> Deployment:
-    """Write catalogs, policies, keys and config under ``root``; ``settings`` are merged into the config."""
+    """Write catalogs, policies, keys and config under ``root``; ``settings`` are merged into the config and
+    ``echo_keys`` into the echo tool's catalog entry."""
     port = free_port()
     audience = f"http://127.0.0.1:{port}/mcp"
     (root / "catalogs").mkdir(parents=True)
@@ -145,6 +151,7 @@ def make_deployment(
                 "url": f"{echo_api_url}/echo",
                 "body": {"message": "message"},
             },
+            **(echo_keys or {}),
         }
     ]
     tools += [

@@ -215,6 +215,10 @@ async def _rounds(
     return samples
 
 
+READ_ONLY = "governed, read-only tool (1 row)"
+READ_ONLY_KEYS = {"annotations": {"read_only_hint": True}, "audit": "outcome-only"}
+
+
 def run(
     quick: bool = False,
     *,
@@ -235,6 +239,9 @@ def run(
         api_url = f"http://127.0.0.1:{api_port}"
         with server_process(["echo-api", "--port", str(api_port)], f"{api_url}/healthz"):
             deployments = {"governed": make_deployment(Path(tmp) / "governed", api_url)}
+            # The same echo declared read-only with one audit row after the answer (audit: outcome-only): a
+            # catalog option for tools with no side effects, not the default.
+            deployments[READ_ONLY] = make_deployment(Path(tmp) / "read-only", api_url, echo_keys=READ_ONLY_KEYS)
             for name, settings in (variants or {}).items():
                 deployments[name] = make_deployment(Path(tmp) / name, api_url, settings=settings)
             echo = asyncio.run(_echo(deployments, rounds, calls, sessions, calls_each, diagnostics))

@@ -206,8 +206,22 @@ class _ToolModel(_FileModel):
     approval: Literal["required", "none"] = Field(
         default="none", description="required: each call waits for a second person to approve that exact call."
     )
+    audit: Literal["decision-first", "outcome-only"] = Field(
+        default="decision-first",
+        description=(
+            "decision-first: the decision is committed before the backend is called, the outcome after (two rows). "
+            "outcome-only: one row after the backend answers, the result still withheld unless it commits; only "
+            "for tools marked read_only_hint, which have no side effect to put on record first."
+        ),
+    )
 
     _rate = field_validator("rate_limit")(_check_rate)
+
+    @model_validator(mode="after")
+    def _outcome_only_for_reads(self) -> _ToolModel:
+        if self.audit == "outcome-only" and not (self.annotations and self.annotations.read_only_hint is True):
+            raise ValueError("audit: outcome-only needs annotations.read_only_hint: true (a tool with no side effects)")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -273,6 +287,7 @@ class ToolSpec:
     rate_limit: RateSpec | None = None
     dlp: Action = "flag"
     approval_required: bool = False
+    decision_first: bool = True  # commit the decision row before the backend is called
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +341,7 @@ def _tool_spec(
         rate_limit=parse_rate(rate) if rate else None,
         dlp=dlp,
         approval_required=model.approval == "required",
+        decision_first=model.audit == "decision-first",
     )
 
 

@@ -307,10 +307,12 @@ class Gateway:
                 approval = self.breakglass.claim_call(principal, name, digest, snapshot.version)
                 entry = replace(entry, detail={**(entry.detail or {}), "approval": approval})
                 timer.mark("approval")
-            # The decision is on record before the backend is touched.
-            await self.audit.append(replace(entry, outcome="started"))
-            opened = True
-            timer.mark("audit_decision")
+            # The decision is on record before the backend is touched, unless the catalog marks the tool
+            # read-only and outcome-only: nothing upstream changes, so its one row is written after the answer.
+            if tool.decision_first:
+                await self.audit.append(replace(entry, outcome="started"))
+                opened = True
+                timer.mark("audit_decision")
             if isinstance(tool.backend, ModelBackend):
                 answer = await self.models.call(tool, catalogs.models, forwarded, request_id, progress)
                 result = answer.result
@@ -323,7 +325,7 @@ class Gateway:
             result, entry = self._scan_result(tool, result, entry)
             timer.mark("result_dlp")
             # The outcome is on record before the result goes out; if it cannot be, _refuse withholds it.
-            entry = replace(entry, event=RESULT, outcome="ok", latency_ms=_ms(started))
+            entry = replace(entry, event=RESULT if opened else CALL, outcome="ok", latency_ms=_ms(started))
             await self.audit.append(entry)
             timer.mark("audit_outcome")
         except GatewayError as exc:

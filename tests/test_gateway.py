@@ -280,3 +280,43 @@ async def test_caller_chosen_invalid_tool_names_are_not_stored_verbatim(gateway:
     assert len(row["detail"]) < 400
     assert "\x1b" not in row["detail"]
     assert "\u2028" not in row["detail"]
+
+
+async def test_outcome_only_read_tool_writes_one_row_after_the_backend(
+    deployment: Deployment, example_api: ExampleApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.conftest import configure
+
+    configure(deployment, "internal", "crm.search", audit="outcome-only")
+    monkeypatch.setenv("INVENTORY_API_KEY", API_KEY)
+    gateway = build_gateway(load_settings(deployment.config))
+    try:
+        before = len(rows(gateway))
+        result = await gateway.call_tool(ALICE, "crm.search", {"query": "ada"}, "req-read")
+        assert not result.is_error
+        written = rows(gateway)[before:]
+        assert [(row["event"], row["decision"], row["outcome"]) for row in written] == [("tools/call", "allow", "ok")]
+        assert written[0]["args_digest"] is not None
+        assert written[0]["latency_ms"] is not None
+
+        # The result is still withheld when its one row cannot be committed.
+        with sqlite3.connect(deployment.database) as db:
+            db.execute("CREATE TRIGGER refuse BEFORE INSERT ON audit_record BEGIN SELECT RAISE(ABORT, 'full'); END")
+        calls = len(example_api.seen())
+        withheld = await gateway.call_tool(ALICE, "crm.search", {"query": "ada"}, "req-read-2")
+        assert len(example_api.seen()) == calls + 1
+        assert error_code(withheld) == "unavailable"
+        assert "Ada" not in str(withheld.model_dump())
+    finally:
+        await gateway.aclose()
+        gateway.audit.close()
+
+
+def test_outcome_only_is_refused_for_a_tool_not_marked_read_only(deployment: Deployment) -> None:
+    from mcp_gateway.errors import ConfigError
+    from tests.conftest import configure
+
+    configure(deployment, "internal", "tickets.create", audit="outcome-only")
+    with pytest.raises(ConfigError) as refused:
+        build_gateway(load_settings(deployment.config))
+    assert "read_only_hint" in str(refused.value)
