@@ -37,7 +37,16 @@ from sqlmodel import Field, SQLModel
 
 from mcp_gateway.errors import UnavailableError
 
-__all__ = ["GENESIS", "AuditCheckpoint", "AuditEntry", "AuditLog", "AuditRecord", "Durability", "record_hash"]
+__all__ = [
+    "GENESIS",
+    "AuditCheckpoint",
+    "AuditEntry",
+    "AuditLog",
+    "AuditRecord",
+    "Durability",
+    "create_tables",
+    "record_hash",
+]
 
 Durability = Literal["process", "power"]
 
@@ -147,6 +156,41 @@ def record_hash(row: dict[str, Any]) -> str:
     return hashlib.sha256(_canonical({name: row.get(name) for name in _HASHED}).encode()).hexdigest()
 
 
+def create_tables(engine: Engine, tables: Sequence[Any], what: str) -> None:
+    """Create ``tables`` if missing, safely when several processes open a new database at the same moment.
+
+    create_all checks, then creates, table by table; on SQLite (autocommit here) another process could create a
+    table in between, so the check and the creation run under SQLite's write lock and a second process waits
+    (busy_timeout), then finds the tables. SQLite can also answer "database is locked" at once, without waiting
+    out the busy timeout, in some lock upgrades (switching a brand-new file to WAL among several openers), so
+    start-up waits briefly and tries again. PostgreSQL DDL is transactional.
+
+    Raises:
+        UnavailableError: the database stays locked, or cannot be reached or written.
+    """
+    for attempt in range(5):
+        try:
+            if engine.dialect.name != "sqlite":
+                SQLModel.metadata.create_all(engine, tables=list(tables))
+                return
+            with engine.connect() as connection:
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+                try:
+                    SQLModel.metadata.create_all(connection, tables=list(tables))
+                except BaseException:
+                    connection.exec_driver_sql("ROLLBACK")
+                    raise
+                connection.exec_driver_sql("COMMIT")
+            return
+        except OperationalError as exc:
+            if attempt == 4 or engine.dialect.name != "sqlite" or "locked" not in str(exc):
+                raise UnavailableError(f"{what} unavailable: {type(exc).__name__}: {exc}") from exc
+            engine.dispose()
+            time.sleep(0.05 * 2**attempt)
+        except SQLAlchemyError as exc:
+            raise UnavailableError(f"{what} unavailable: {type(exc).__name__}: {exc}") from exc
+
+
 def _sqlite_pragmas(durability: Durability) -> Callable[[Any, Any], None]:
     synchronous = "FULL" if durability == "power" else "NORMAL"
 
@@ -212,36 +256,7 @@ class AuditLog:
         self._wakeup = threading.Condition()
         self._committer: threading.Thread | None = None
         self._closing = False
-        for attempt in range(5):
-            try:
-                self._create_tables()
-                break
-            except OperationalError as exc:
-                # SQLite answers "database is locked" at once, without waiting out the busy timeout, in some
-                # lock upgrades (switching a brand-new file to WAL among several openers): start-up waits briefly
-                # and tries again. A database that stays locked, or any other error, refuses to open.
-                if attempt == 4 or self._postgres or "locked" not in str(exc):
-                    raise UnavailableError(f"audit database unavailable: {type(exc).__name__}: {exc}") from exc
-                self._engine.dispose()
-                time.sleep(0.05 * 2**attempt)
-            except SQLAlchemyError as exc:
-                raise UnavailableError(f"audit database unavailable: {type(exc).__name__}: {exc}") from exc
-
-    def _create_tables(self) -> None:
-        # create_all checks, then creates, table by table. On SQLite (autocommit here) a process starting at the
-        # same moment could create a table in between, so the check and the creation run under SQLite's write
-        # lock: a second process waits (busy_timeout), then finds the tables. PostgreSQL DDL is transactional.
-        if self._postgres:
-            SQLModel.metadata.create_all(self._engine, tables=[_TABLE, _CHECKPOINTS])
-            return
-        with self._engine.connect() as connection:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-            try:
-                SQLModel.metadata.create_all(connection, tables=[_TABLE, _CHECKPOINTS])
-            except BaseException:
-                connection.exec_driver_sql("ROLLBACK")
-                raise
-            connection.exec_driver_sql("COMMIT")
+        create_tables(self._engine, [_TABLE, _CHECKPOINTS], "audit database")
 
     def close(self) -> None:
         with self._wakeup:

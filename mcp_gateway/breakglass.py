@@ -32,7 +32,7 @@ from sqlalchemy import Engine, create_engine, event, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, SQLModel
 
-from mcp_gateway.audit import AuditEntry, AuditLog
+from mcp_gateway.audit import AuditEntry, AuditLog, create_tables
 from mcp_gateway.config import BreakGlassSettings
 from mcp_gateway.errors import ApprovalRequiredError, BreakGlassError, UnavailableError
 from mcp_gateway.identity import Principal
@@ -185,10 +185,7 @@ class BreakGlass:
         self._audit = audit
         self._clock = clock
         self._engine = _engine(database_url)
-        try:
-            SQLModel.metadata.create_all(self._engine, tables=[_GRANTS, _HELD])
-        except SQLAlchemyError as exc:
-            raise UnavailableError(f"break-glass store unavailable: {type(exc).__name__}: {exc}") from exc
+        create_tables(self._engine, [_GRANTS, _HELD], "break-glass store")
 
     def close(self) -> None:
         self._engine.dispose()

@@ -205,3 +205,32 @@ def test_gateways_opening_a_fresh_trail_at_once_all_start(tmp_path: Path) -> Non
         log.close()
         assert len(rows) == openers
         assert_linear(rows)
+
+
+def test_break_glass_stores_opening_a_fresh_database_at_once_all_start(tmp_path: Path) -> None:
+    # The bench launches 8 stdio gateways together; each creates the break-glass tables too.
+    import threading
+
+    from mcp_gateway.breakglass import BreakGlass
+    from mcp_gateway.config import BreakGlassSettings
+
+    for attempt in range(3):
+        url = f"sqlite:///{tmp_path / f'bg-{attempt}.db'}"
+        barrier = threading.Barrier(6)
+        failures: list[BaseException] = []
+
+        def open_store(
+            url: str = url, barrier: threading.Barrier = barrier, failures: list[BaseException] = failures
+        ) -> None:
+            barrier.wait(timeout=10)
+            try:
+                BreakGlass(url, BreakGlassSettings()).close()
+            except UnavailableError as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=open_store) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert failures == []
