@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
@@ -68,17 +69,9 @@ class Signer:
             ConfigError: the file exists but is not an unencrypted Ed25519 PEM private key.
         """
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            key = Ed25519PrivateKey.generate()
-            pem = key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(descriptor, "wb") as handle:
-                handle.write(pem)
-            signer = cls(key)
-            path.with_suffix(".pub").write_bytes(signer.public_pem())
-            return signer
+            created = cls._create(path)
+            if created is not None:
+                return created
         try:
             loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
         except (OSError, ValueError, TypeError) as exc:
@@ -86,6 +79,36 @@ class Signer:
         if not isinstance(loaded, Ed25519PrivateKey):
             raise ConfigError(f"audit.signing_key {path}: not an Ed25519 key")
         return cls(loaded)
+
+    @classmethod
+    def _create(cls, path: Path) -> Signer | None:
+        """Create the key file atomically; None when another process created it first (then load theirs).
+
+        Several gateways can start together on a fresh state folder: the key is written whole to a private
+        temporary file and linked into place, which fails if the name exists, so nobody reads half a key and
+        nobody overwrites a key another process already signs with.
+        """
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(descriptor, "wb") as handle:  # mkstemp creates the file 0600
+                handle.write(pem)
+            try:
+                os.link(temporary, path)
+            except FileExistsError:
+                return None
+        finally:
+            os.unlink(temporary)
+        signer = cls(key)
+        public = path.with_suffix(".pub")
+        staged = public.with_name(f".{public.name}.{os.getpid()}")
+        staged.write_bytes(signer.public_pem())
+        os.replace(staged, public)
+        return signer
 
     def public_pem(self) -> bytes:
         return self.public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)

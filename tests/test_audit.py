@@ -234,3 +234,32 @@ def test_break_glass_stores_opening_a_fresh_database_at_once_all_start(tmp_path:
         for thread in threads:
             thread.join(timeout=30)
         assert failures == []
+
+
+def test_gateways_starting_together_share_one_checkpoint_key(tmp_path: Path) -> None:
+    import threading
+
+    from mcp_gateway.checkpoint import Signer
+
+    path = tmp_path / "state" / "audit-signing.key"
+    barrier = threading.Barrier(8)
+    signers: list[Signer] = []
+    failures: list[BaseException] = []
+
+    def start() -> None:
+        barrier.wait(timeout=10)
+        try:
+            signers.append(Signer.load_or_create(path))
+        except Exception as exc:  # noqa: BLE001 - any failure to start is the finding
+            failures.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert failures == []
+    assert len({signer.key_id for signer in signers}) == 1
+    assert Signer.load_or_create(path).key_id == signers[0].key_id
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert not [leftover.name for leftover in path.parent.iterdir() if leftover.name.startswith(".")]
