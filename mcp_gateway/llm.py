@@ -279,25 +279,22 @@ class ModelRouter:
         stream = progress is not None
         options: Any = {"include_usage": True} if stream else omit
         sampling: dict[str, Any] = {name: knobs.get(name, omit) for name in _SAMPLING}
+        # Everything but the input is the same for both operations: the served model, our headers, the clamped
+        # token cap and the caller-settable knobs the catalog allows (omitted when not given).
+        request: dict[str, Any] = {
+            "model": entry.served_model,
+            "extra_headers": headers,
+            "stream": stream,
+            "stream_options": options,
+            "max_tokens": knobs["max_tokens"],
+            **sampling,
+        }
         if backend.operation == "chat":
             messages: list[ChatCompletionMessageParam] = []
             if backend.system_prompt:
                 messages.append({"role": "system", "content": backend.system_prompt})
             messages.append({"role": "user", "content": prompt})
-            chat = await client.chat.completions.create(
-                model=entry.served_model,
-                messages=messages,
-                extra_headers=headers,
-                stream=stream,
-                stream_options=options,
-                max_tokens=knobs["max_tokens"],
-                temperature=sampling["temperature"],
-                top_p=sampling["top_p"],
-                seed=sampling["seed"],
-                stop=sampling["stop"],
-                presence_penalty=sampling["presence_penalty"],
-                frequency_penalty=sampling["frequency_penalty"],
-            )
+            chat = await client.chat.completions.create(messages=messages, **request)
             if isinstance(chat, ChatCompletion):
                 if not chat.choices:
                     raise ModelEndpointError(f"{entry.name}: malformed answer: no choices")
@@ -305,20 +302,7 @@ class ModelRouter:
                 return _text_result(entry, choice.message.content or "", choice.finish_reason, _usage(chat.usage))
             answer: Any = chat
         else:
-            completion = await client.completions.create(
-                model=entry.served_model,
-                prompt=prompt,
-                extra_headers=headers,
-                stream=stream,
-                stream_options=options,
-                max_tokens=knobs["max_tokens"],
-                temperature=sampling["temperature"],
-                top_p=sampling["top_p"],
-                seed=sampling["seed"],
-                stop=sampling["stop"],
-                presence_penalty=sampling["presence_penalty"],
-                frequency_penalty=sampling["frequency_penalty"],
-            )
+            completion = await client.completions.create(prompt=prompt, **request)
             if isinstance(completion, Completion):
                 if not completion.choices:
                     raise ModelEndpointError(f"{entry.name}: malformed answer: no choices")
