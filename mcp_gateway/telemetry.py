@@ -9,9 +9,13 @@ adds one span per stage after the fact, from the recorded timings, for debugging
 
 Spans and metrics go over OTLP/HTTP to ``telemetry.otlp_endpoint`` (on the egress allowlist) from a worker
 thread fed by a bounded queue: a collector that is down or slow never blocks or fails a call; spans that do
-not fit are dropped and counted (``mcp_gateway.telemetry.dropped_spans``). Without an endpoint, spans are still
-made, so every audit row carries a trace id, but nothing leaves the process. Arguments never go into spans
+not fit are dropped and counted (``mcp_gateway.telemetry.dropped_spans``). Arguments never go into spans
 unless ``telemetry.capture_arguments`` is set.
+
+Without an endpoint nothing would read a span's attributes or a metric, so none are recorded: the sampler drops
+every span (the SDK then makes a non-recording span that still carries fresh trace and span ids, so every
+audit row keeps its trace id and backends still get a ``traceparent``), and no meter provider is installed
+(the instruments stay no-ops). Recording them cost about 35 µs per call for nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetr
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.sdk.trace.sampling import Decision, StaticSampler
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -237,7 +242,7 @@ class Telemetry:
     """The installed providers; :meth:`shutdown` flushes what it can within the export timeout."""
 
     tracer_provider: TracerProvider
-    meter_provider: MeterProvider
+    meter_provider: MeterProvider | None  # None when no metric reader is configured
     processor: _BoundedSpanProcessor | None
 
     @property
@@ -246,7 +251,8 @@ class Telemetry:
 
     def shutdown(self) -> None:
         self.tracer_provider.shutdown()
-        self.meter_provider.shutdown(timeout_millis=2_000)
+        if self.meter_provider is not None:
+            self.meter_provider.shutdown(timeout_millis=2_000)
 
 
 _installed: Telemetry | None = None
@@ -269,9 +275,11 @@ def setup_telemetry(
     _options.stages = config.detail == "stages"
     _options.capture_arguments = config.capture_arguments
     resource = Resource.create({"service.name": config.service_name, "service.version": __version__})
-    tracer_provider = TracerProvider(resource=resource)
     metric_readers = list(readers)
     base = (config.otlp_endpoint or "").rstrip("/")
+    exporting = span_exporter is not None or bool(base)
+    # Nothing exports: ids only (see the module docstring). A sampled parent is not followed either.
+    tracer_provider = TracerProvider(resource=resource, sampler=None if exporting else StaticSampler(Decision.DROP))
     if span_exporter is None and base:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -299,9 +307,10 @@ def setup_telemetry(
             span_exporter, max_queue_size=config.max_queue_size, delay=config.schedule_delay
         )
         tracer_provider.add_span_processor(processor)
-    meter_provider = MeterProvider(resource=resource, metric_readers=metric_readers)
+    meter_provider = MeterProvider(resource=resource, metric_readers=metric_readers) if metric_readers else None
     trace.set_tracer_provider(tracer_provider)
-    metrics.set_meter_provider(meter_provider)
+    if meter_provider is not None:
+        metrics.set_meter_provider(meter_provider)
     _installed = Telemetry(tracer_provider, meter_provider, processor)
     return _installed
 

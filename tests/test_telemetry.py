@@ -173,6 +173,33 @@ def test_spans_metrics_traceparent_and_audit_rows_tell_one_story(
     assert verified.exit_code == 0, verified.output
 
 
+def test_without_a_collector_no_span_is_recorded_but_trace_ids_still_link_rows_and_upstream(
+    tmp_path: Path, example_api: ExampleApi, dev_key: DevKey
+) -> None:
+    """No endpoint: spans are not recorded (nothing would read them), yet each call still has a trace id that
+    its audit rows share and that the upstream receives in ``traceparent``, marked not sampled."""
+    deployment = make_deployment(tmp_path, example_api, dev_key)
+    token = deployment.mint("alice", ("support",), "internal")
+    before = len(example_api.seen())
+    with gateway(deployment) as url:
+        anyio.run(calls, url, token, 2)
+    sent = example_api.seen()[before:]
+    assert len(sent) == 2
+    parents = [item["headers"]["traceparent"].split("-") for item in sent]
+    log = AuditLog(f"sqlite:///{deployment.database}")
+    try:
+        for version, trace_id, parent_id, flags in parents:
+            assert version == "00"
+            assert int(flags, 16) & 0x01 == 0  # a valid context, not sampled
+            rows = log.by_trace(trace_id)
+            assert [row["event"] for row in rows] == ["tools/call", "tools/call.result"]
+            assert len({json.loads(row["detail"])["span_id"] for row in rows}) == 1
+            assert parent_id != "0" * 16
+    finally:
+        log.close()
+    assert parents[0][1] != parents[1][1]  # one trace per call
+
+
 def test_collector_down_never_fails_a_call(tmp_path: Path, example_api: ExampleApi, dev_key: DevKey) -> None:
     nowhere = f"http://127.0.0.1:{free_port()}"
     deployment = _deployment(tmp_path, example_api, dev_key, nowhere)
@@ -263,7 +290,12 @@ def test_otlp_session_refuses_origins_off_the_allowlist_redirects_and_proxies(
         # Straight to the collector, not through the proxy the environment names.
         assert _export_one(session, receiver.url) is SpanExportResult.SUCCESS
         assert proxy.connections == 0
-    redirect = b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://169.254.169.254/\r\nContent-Length: 0\r\n\r\n"
+    # Connection: close, as the scripted server closes after each reply; without it the client could reuse the
+    # closed connection for the second post and fail with "disconnected" instead (a flake, seen 1 run in 3).
+    redirect = (
+        b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://169.254.169.254/\r\nContent-Length: 0\r\n"
+        b"Connection: close\r\n\r\n"
+    )
     flood = b"HTTP/1.1 200 OK\r\nContent-Length: 2000000\r\n\r\n" + b"x" * 2_000_000
     with RawServer({"/v1/traces": redirect, "/v1/metrics": flood}) as collector:
         session = guarded_requests_session(EgressSettings(allow=(collector.url,)))
