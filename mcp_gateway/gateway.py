@@ -105,13 +105,15 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
+# allow_nan=False: NaN and Infinity are not JSON, and a backend would parse them differently (or not at all).
+# One encoder for the process: json.dumps with options builds a new one per call.
+_ARGUMENTS_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def _canonical_arguments(arguments: Mapping[str, Any]) -> bytes:
-    # allow_nan=False: NaN and Infinity are not JSON, and a backend would parse them differently (or not at all).
     # Lone surrogates fail to encode (UnicodeEncodeError is a ValueError).
     try:
-        return json.dumps(
-            arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        ).encode()
+        return _ARGUMENTS_ENCODER.encode(arguments).encode()
     except (TypeError, ValueError) as exc:
         raise InvalidArgumentsError(f"arguments are not JSON: {exc}") from exc
 
@@ -282,30 +284,30 @@ class Gateway:
             tool = catalogs.lookup(principal.catalog, name)
             timer.mark("catalog")
             if tool is None:
-                entry = replace(entry, rule="unknown-tool")
+                entry.rule = "unknown-tool"
                 raise UnknownToolError(f"not in catalog {principal.catalog!r}")
             decision = snapshot.decide(principal.subject, principal.roles, principal.catalog, name)
-            entry = replace(entry, tool_digest=tool.digest, rule=decision.rule)
+            entry.tool_digest, entry.rule = tool.digest, decision.rule
             if not decision.allowed:
                 grant = self._grant_for(principal, name)
                 if grant is None:
                     raise UnknownToolError(f"policy denies: {decision.rule}")
                 detail = {**(entry.detail or {}), "breakglass": grant, "policy_rule": decision.rule}
-                entry = replace(entry, rule=f"breakglass:{grant}", detail=detail)
+                entry.rule, entry.detail = f"breakglass:{grant}", detail
             timer.mark("policy")
-            entry = replace(entry, decision="allow")
+            entry.decision = "allow"
             # A grant changes the decision only: the limits below apply to every call.
             self.limiter.take(principal.catalog, principal.subject, name, tool.rate_limit)
             canonical = self._check_arguments(tool, arguments)
             digest = hashlib.sha256(canonical).hexdigest()
-            entry = replace(entry, args_digest=digest)
+            entry.args_digest = digest
             forwarded, entry = self._scan_arguments(tool, arguments, entry)
             timer.mark("limits")
             if tool.approval_required:
                 if self.breakglass is None:
                     raise UnavailableError(f"{name} requires approval but no approval store is configured")
                 approval = self.breakglass.claim_call(principal, name, digest, snapshot.version)
-                entry = replace(entry, detail={**(entry.detail or {}), "approval": approval})
+                entry.detail = {**(entry.detail or {}), "approval": approval}
                 timer.mark("approval")
             # The decision is on record before the backend is touched, unless the catalog marks the tool
             # read-only and outcome-only: nothing upstream changes, so its one row is written after the answer.
@@ -317,15 +319,15 @@ class Gateway:
                 answer = await self.models.call(tool, catalogs.models, forwarded, request_id, progress)
                 result = answer.result
                 if answer.detail:
-                    entry = replace(entry, detail={**(entry.detail or {}), **answer.detail})
+                    entry.detail = {**(entry.detail or {}), **answer.detail}
             else:
                 result = await self.upstream.call(tool, forwarded, request_id)
             timer.mark("backend")
-            entry = replace(entry, detail={**(entry.detail or {}), "backend": _backend(tool)})
+            entry.detail = {**(entry.detail or {}), "backend": _backend(tool)}
             result, entry = self._scan_result(tool, result, entry)
             timer.mark("result_dlp")
             # The outcome is on record before the result goes out; if it cannot be, _refuse withholds it.
-            entry = replace(entry, event=RESULT if opened else CALL, outcome="ok", latency_ms=_ms(started))
+            entry.event, entry.outcome, entry.latency_ms = RESULT if opened else CALL, "ok", _ms(started)
             await self.audit.append(entry)
             timer.mark("audit_outcome")
         except GatewayError as exc:

@@ -263,3 +263,48 @@ def test_gateways_starting_together_share_one_checkpoint_key(tmp_path: Path) -> 
     assert Signer.load_or_create(path).key_id == signers[0].key_id
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     assert not [leftover.name for leftover in path.parent.iterdir() if leftover.name.startswith(".")]
+
+
+def test_record_hash_is_sha256_of_the_documented_canonical_json() -> None:
+    """Trails written by earlier versions must still verify: the encoding is pinned, not just self-consistent."""
+    import hashlib
+    import json
+
+    row = {
+        "ts": "2026-11-25T00:00:00.000001+00:00",
+        "event": "tools/call",
+        "decision": "allow",
+        "outcome": "ok",
+        "subject": "ünï\u2028code",
+        "latency_ms": 1.0 / 3,
+        "detail": '{"a":1}',
+        "prev_hash": GENESIS,
+        "id": 7,  # neither id nor hash is hashed
+        "hash": "ignored",
+    }
+    hashed = {name: row.get(name) for name in AuditEntry.__dataclass_fields__} | {
+        "ts": row["ts"],
+        "prev_hash": GENESIS,
+    }
+    expected = json.dumps(hashed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert record_hash(row) == hashlib.sha256(expected.encode()).hexdigest()
+
+
+def test_wal_is_checkpointed_in_the_background_while_the_trail_stays_open(tmp_path: Path) -> None:
+    """Checkpoints run off the call path: the writer's own automatic checkpoint is only a far-off backstop, so
+    without the background thread these rows would stay in the WAL and the database file would not grow."""
+    import time
+
+    database = tmp_path / "audit.db"
+    log = AuditLog(f"sqlite:///{database}")
+    try:
+        initial = database.stat().st_size
+        for index in range(600):
+            log.record(entry(index))
+        deadline = time.monotonic() + 10
+        while database.stat().st_size == initial and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert database.stat().st_size > initial
+        assert len(list(log.iter_rows())) == 600
+    finally:
+        log.close()
