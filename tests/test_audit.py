@@ -308,3 +308,68 @@ def test_wal_is_checkpointed_in_the_background_while_the_trail_stays_open(tmp_pa
         assert len(list(log.iter_rows())) == 600
     finally:
         log.close()
+
+
+def test_the_primary_key_stops_two_rows_extending_one_head(database_url: str) -> None:
+    """A writer that skipped the lock and read a stale head would claim an id already taken: refused."""
+    log = AuditLog(database_url)
+    try:
+        for index in range(3):
+            log.record(entry(index))
+        rows = list(log.iter_rows())
+        assert [row["id"] for row in rows] == [1, 2, 3]
+        stale = dict(rows[1])  # a second row extending row 1, as a fork would
+        engine = sqlalchemy.create_engine(database_url)
+        table = sqlalchemy.table("audit_record", *(sqlalchemy.column(name) for name in stale))
+        with pytest.raises(sqlalchemy.exc.IntegrityError), engine.begin() as connection:
+            connection.execute(sqlalchemy.insert(table).values(**(stale | {"hash": "f" * 64})))
+        engine.dispose()
+        log.record(entry(3))
+        assert_linear(list(log.iter_rows()))
+    finally:
+        log.close()
+
+
+def _statements(log: AuditLog) -> list[str]:
+    """Record the SQL the log's writer connection runs from now on (SQLite)."""
+    seen: list[str] = []
+    log.record(entry(-1))  # opens the writer connection
+    assert log._writer is not None
+    log._writer.driver_connection.set_trace_callback(seen.append)  # type: ignore[union-attr]
+    return seen
+
+
+def test_a_lone_writer_appends_with_one_statement_and_falls_back_when_another_writes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    log, other = AuditLog(url), AuditLog(url)
+    try:
+        seen = _statements(log)
+        for index in range(20):
+            log.record(entry(index))
+        assert not [sql for sql in seen if sql.startswith("BEGIN")]  # no lock-read-insert-commit round
+        other.record(entry(100, writer=1))  # another connection (another process) extends the chain
+        seen.clear()
+        log.record(entry(20))
+        assert [sql for sql in seen if sql.startswith("BEGIN")] == ["BEGIN IMMEDIATE"]  # noticed, re-read the head
+        assert_linear(list(log.iter_rows()))
+    finally:
+        log.close()
+        other.close()
+
+
+def test_a_stale_remembered_head_is_refused_by_the_primary_key_not_forked(tmp_path: Path) -> None:
+    """If another writer gets in between the data_version check and the INSERT, the INSERT claims a taken id."""
+    log = AuditLog(f"sqlite:///{tmp_path / 'audit.db'}")
+    try:
+        for index in range(3):
+            log.record(entry(index))
+        assert log._head is not None
+        current = log._head
+        rows = list(log.iter_rows())
+        log._head = (rows[0]["id"], rows[0]["hash"], current[2])  # as if rows 2 and 3 had slipped in unnoticed
+        log.record(entry(3))
+        rows = list(log.iter_rows())
+        assert len(rows) == 4
+        assert_linear(rows)
+    finally:
+        log.close()
