@@ -71,7 +71,7 @@ class AuditRecord(SQLModel, table=True):
     ts: str
     event: str
     # Not indexed: an index on these random ids dirties one more page per commit (about 15 µs of a 40 µs row).
-    # `audit trace` scans instead (about half a second per million rows); see docs/architecture.md.
+    # `audit trace` scans instead (0.14 s per million rows from the page cache); see docs/architecture.md.
     request_id: str | None = None
     trace_id: str | None = None
     subject: str | None = None

@@ -167,7 +167,7 @@ class TelemetrySettings(_Section):
     otlp_endpoint: str | None = Field(
         default=None,
         description="OTLP/HTTP base URL of an in-boundary collector (http://host:4318); must be on egress.allow. "
-        "Unset: spans are still made (for trace ids in the audit trail) but not exported.",
+        "Unset: spans and metrics are not recorded, but every call still gets a trace id (audit rows, traceparent).",
     )
     service_name: str = "mcp-gateway"
     detail: Literal["calls", "stages"] = Field(
