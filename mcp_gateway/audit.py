@@ -59,6 +59,9 @@ GENESIS = "0" * 64
 # _CHECKPOINT_EVERY commits (a row writes 2 to 4 pages, so about SQLite's own default of 1,000 pages), off the
 # call path; the writer's automatic checkpoint is a backstop at _BACKSTOP_PAGES (about 40 MB of WAL).
 _CHECKPOINT_EVERY = 256
+# After another writer was seen (several processes on one trail), this many appends take the locked path
+# without checking for a chance of the one-statement path (see AuditLog._append_alone).
+_CONTENDED_SKIP = 16
 _BACKSTOP_PAGES = 10_000
 logger = logging.getLogger(__name__)
 _PG_LOCK_KEY = 0x6D6370_67776179  # "mcp" "gway": one advisory lock for the chain head
@@ -279,6 +282,7 @@ class AuditLog:
         self._writer: PoolProxiedConnection | None = None
         # The head this connection last wrote, and SQLite's data_version then (see _append_alone).
         self._head: tuple[int, str, int] | None = None
+        self._contended = 0  # locked appends left before the next lone-writer attempt
         # Group commit: rows waiting for the next transaction, and whether a worker is draining them.
         self._pending: list[_Waiter] = []
         self._wakeup = threading.Condition()
@@ -411,9 +415,14 @@ class AuditLog:
         else:
             cursor.executemany(self._insert_sql, [self._parameters(row) for row in rows])
         self._writer.commit()
-        if not self._postgres:
-            cursor.execute("PRAGMA data_version")
-            self._head = (last_id, prev, cursor.fetchone()[0])
+        if self._postgres:
+            return
+        if self._contended:
+            # Others were writing a moment ago: skip the next few chances (each costs a PRAGMA) before trying again.
+            self._contended -= 1
+            return
+        cursor.execute("PRAGMA data_version")
+        self._head = (last_id, prev, cursor.fetchone()[0])
 
     def _request_checkpoint(self) -> None:
         if self._checkpointer is None:
@@ -471,6 +480,7 @@ class AuditLog:
         self._head = None  # until this row is in
         cursor.execute("PRAGMA data_version")
         if cursor.fetchone()[0] != version:
+            self._contended = _CONTENDED_SKIP
             return False
         row["ts"] = datetime.now(UTC).isoformat(timespec="microseconds")
         row["id"] = last_id + 1
@@ -479,6 +489,7 @@ class AuditLog:
         try:
             cursor.execute(self._insert_sql, self._parameters(row))
         except self._driver_error:
+            self._contended = _CONTENDED_SKIP
             return False
         self._head = (row["id"], row["hash"], version)
         return True

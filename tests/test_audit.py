@@ -351,6 +351,13 @@ def test_a_lone_writer_appends_with_one_statement_and_falls_back_when_another_wr
         seen.clear()
         log.record(entry(20))
         assert [sql for sql in seen if sql.startswith("BEGIN")] == ["BEGIN IMMEDIATE"]  # noticed, re-read the head
+        # Others write to this trail: the next 16 appends lock without looking for a chance, then it tries again.
+        seen.clear()
+        for index in range(21, 41):
+            log.record(entry(index))
+        assert len([sql for sql in seen if sql.startswith("BEGIN")]) == 16
+        # One after the 16th locked commit, then one check before each of the last 4 one-statement appends.
+        assert len([sql for sql in seen if sql.startswith("PRAGMA data_version")]) == 1 + 4
         assert_linear(list(log.iter_rows()))
     finally:
         log.close()
