@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench import audit_bench, echo_bench, gateway_bench
-from bench.common import free_port, make_deployment, server_process
+from bench.common import free_port, make_deployment, python_env, server_process
 from bench.report import markdown
 from bench.servers import _diagnostic_audit
 from mcp_gateway.audit import AuditLog
@@ -62,3 +62,24 @@ def test_audit_appends_and_report_render(tmp_path: Path) -> None:
 
 def _machine() -> dict[str, object]:
     return {"date": "d", "cpu": "c", "cores": 2, "platform": "p", "python": "3", "sqlite": "3", "versions": {}}
+
+
+def test_a_stdio_server_that_dies_at_start_fails_the_opener_instead_of_hanging(tmp_path: Path) -> None:
+    """A governed stdio server with a broken configuration exits at once; the benchmark must stop, not wait."""
+    import anyio
+
+    broken = ["governed", "--transport", "stdio", "--echo", "local", "--config", str(tmp_path / "missing.yaml")]
+    opener = echo_bench._stdio_opener(broken, "2026-07-28", python_env())
+
+    async def open_and_call() -> None:
+        with anyio.fail_after(20):  # a bound on a hang, not a speed assertion
+            async with opener() as call:
+                await call()
+
+    with pytest.raises(BaseException) as raised:  # noqa: PT011 - the SDK wraps it in an ExceptionGroup
+        anyio.run(open_and_call)
+    error = raised.value
+    hung = isinstance(error, TimeoutError) or (
+        isinstance(error, BaseExceptionGroup) and error.subgroup(TimeoutError) is not None
+    )
+    assert not hung
