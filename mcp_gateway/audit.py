@@ -234,7 +234,9 @@ def _sqlite_pragmas(durability: Durability) -> Callable[[Any, Any], None]:
 
 def _sqlite_path(url: str) -> str:
     """The file of a ``sqlite:///`` URL ("" or ":memory:" for an in-memory database)."""
-    return url.split("///", 1)[-1] if url.startswith("sqlite") else ""
+    if not url.startswith("sqlite") or "///" not in url:
+        return ""  # not SQLite, or sqlite:// (in memory)
+    return url.split("///", 1)[-1]
 
 
 def _create_engine(url: str, durability: Durability) -> Engine:
@@ -373,7 +375,8 @@ class AuditLog:
                 with self._lock:
                     self._append(rows)
         except (SQLAlchemyError, self._driver_error) as exc:
-            self._reset_writer()
+            # _append has reset the writer already, under the lock: resetting here, outside it, could roll back
+            # and close the connection under another caller's transaction.
             raise UnavailableError(f"audit write failed: {type(exc).__name__}: {exc}") from exc
 
     def _append(self, rows: list[dict[str, Any]]) -> None:
@@ -391,7 +394,7 @@ class AuditLog:
         finally:
             cursor.close()
         if self._wal:
-            self._uncheckpointed += 1
+            self._uncheckpointed += len(rows)  # rows, not commits: a group commit of 256 rows writes many pages
             if self._uncheckpointed >= _CHECKPOINT_EVERY:
                 self._uncheckpointed = 0
                 self._request_checkpoint()
@@ -414,22 +417,34 @@ class AuditLog:
             cursor.execute(self._insert_sql, self._parameters(rows[0]))
         else:
             cursor.executemany(self._insert_sql, [self._parameters(row) for row in rows])
-        self._writer.commit()
         if self._postgres:
+            # Keep the id sequence in step: an older gateway (or any tool) inserting with the default id must get
+            # the next one, not collide with ours and be refused.
+            cursor.execute(f"SELECT setval(pg_get_serial_sequence('{_TABLE.name}', 'id'), {int(last_id)})")
+            self._writer.commit()
             return
+        self._writer.commit()
         if self._contended:
             # Others were writing a moment ago: skip the next few chances (each costs a PRAGMA) before trying again.
             self._contended -= 1
             return
-        cursor.execute("PRAGMA data_version")
-        self._head = (last_id, prev, cursor.fetchone()[0])
+        try:
+            cursor.execute("PRAGMA data_version")
+            self._head = (last_id, prev, cursor.fetchone()[0])
+        except self._driver_error as exc:  # the rows are committed: only the next chance is lost
+            logger.warning("audit: PRAGMA data_version failed after a commit: %s", exc)
 
     def _request_checkpoint(self) -> None:
-        if self._checkpointer is None:
-            self._checkpointer = threading.Thread(
-                target=self._checkpoint_loop, name="audit-wal-checkpoint", daemon=True
-            )
-            self._checkpointer.start()
+        # The rows are committed by now: nothing here may fail the append (the writer's own automatic
+        # checkpoint is the backstop if the thread cannot run).
+        if self._checkpointer is None or not self._checkpointer.is_alive():
+            thread = threading.Thread(target=self._checkpoint_loop, name="audit-wal-checkpoint", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError as exc:
+                logger.warning("audit WAL checkpoint thread not started: %s", exc)
+                return
+            self._checkpointer = thread
         self._checkpoint_due.set()
 
     def _checkpoint_loop(self) -> None:
@@ -455,7 +470,7 @@ class AuditLog:
                         cursor.fetchall()
                     finally:
                         cursor.close()
-                except (SQLAlchemyError, self._driver_error) as exc:
+                except Exception as exc:  # noqa: BLE001 - the thread must outlive any failure; the backstop remains
                     logger.warning("audit WAL checkpoint failed (retried later): %s", exc)
                     if connection is not None:
                         with suppress(Exception):
@@ -478,8 +493,12 @@ class AuditLog:
         assert self._head is not None  # noqa: S101 - checked by the caller
         last_id, prev, version = self._head
         self._head = None  # until this row is in
-        cursor.execute("PRAGMA data_version")
-        if cursor.fetchone()[0] != version:
+        try:
+            cursor.execute("PRAGMA data_version")
+            current = cursor.fetchone()[0]
+        except self._driver_error:
+            return False  # nothing written: the locked path decides (and fails closed if the database is gone)
+        if current != version:
             self._contended = _CONTENDED_SKIP
             return False
         row["ts"] = datetime.now(UTC).isoformat(timespec="microseconds")

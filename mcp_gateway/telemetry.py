@@ -13,9 +13,11 @@ not fit are dropped and counted (``mcp_gateway.telemetry.dropped_spans``). Argum
 unless ``telemetry.capture_arguments`` is set.
 
 Without an endpoint nothing would read a span's attributes or a metric, so none are recorded: the sampler drops
-every span (the SDK then makes a non-recording span that still carries fresh trace and span ids, so every
-audit row keeps its trace id and backends still get a ``traceparent``), and no meter provider is installed
-(the instruments stay no-ops). Recording them cost about 35 µs per call for nothing.
+every span that has no sampled parent (the SDK then makes a non-recording span that still carries fresh trace
+and span ids, so every audit row keeps its trace id and backends still get a ``traceparent``), and no meter
+provider is installed (the instruments stay no-ops). Recording them cost about 35 µs per call for nothing. A
+caller that sends a sampled ``traceparent`` keeps its decision: that call's spans are recorded (and dropped
+here) so that backends receive the sampled flag.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetr
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
-from opentelemetry.sdk.trace.sampling import Decision, StaticSampler
+from opentelemetry.sdk.trace.sampling import Decision, ParentBased, StaticSampler
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -278,8 +280,10 @@ def setup_telemetry(
     metric_readers = list(readers)
     base = (config.otlp_endpoint or "").rstrip("/")
     exporting = span_exporter is not None or bool(base)
-    # Nothing exports: ids only (see the module docstring). A sampled parent is not followed either.
-    tracer_provider = TracerProvider(resource=resource, sampler=None if exporting else StaticSampler(Decision.DROP))
+    # Nothing exports: ids only (see the module docstring). A caller's sampled context is still honoured, so
+    # backends that trace on their own keep the caller's sampling decision; only then is a span recorded.
+    sampler = None if exporting else ParentBased(root=StaticSampler(Decision.DROP))
+    tracer_provider = TracerProvider(resource=resource, sampler=sampler)
     if span_exporter is None and base:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

@@ -380,3 +380,52 @@ def test_a_stale_remembered_head_is_refused_by_the_primary_key_not_forked(tmp_pa
         assert_linear(rows)
     finally:
         log.close()
+
+
+def test_a_writer_using_the_default_id_still_appends_after_ours(database_url: str) -> None:
+    """An older gateway (or any tool) inserting without an id, as before ids were assigned by the writer, must get
+    the next id: on PostgreSQL that needs the id sequence kept in step."""
+    log = AuditLog(database_url)
+    try:
+        for index in range(3):
+            log.record(entry(index))
+        last = list(log.iter_rows())[-1]
+        older = {key: value for key, value in last.items() if key != "id"}
+        older |= {"prev_hash": last["hash"], "ts": last["ts"], "event": "older-writer"}
+        older["hash"] = record_hash(older)
+        engine = sqlalchemy.create_engine(database_url)
+        table = sqlalchemy.table("audit_record", *(sqlalchemy.column(name) for name in older))
+        with engine.begin() as connection:
+            connection.execute(sqlalchemy.insert(table).values(**older))
+        engine.dispose()
+        log.record(entry(4))
+        rows = list(log.iter_rows())
+        assert [row["id"] for row in rows] == [1, 2, 3, 4, 5]
+        assert rows[3]["event"] == "older-writer"
+        assert_linear(rows)
+    finally:
+        log.close()
+
+
+def test_the_wal_checkpoint_counts_rows_of_group_commits_too(tmp_path: Path) -> None:
+    """Group commits put many rows in one transaction; checkpoints are due by rows, or the WAL grows unchecked."""
+    import time
+
+    database = tmp_path / "audit.db"
+    log = AuditLog(f"sqlite:///{database}")
+    try:
+        initial = database.stat().st_size
+        for batch in range(3):
+            log._commit_rows([_row_of(entry(batch * 200 + index)) for index in range(200)])
+        deadline = time.monotonic() + 10
+        while database.stat().st_size == initial and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert database.stat().st_size > initial  # 600 rows in 3 commits: a checkpoint was due
+    finally:
+        log.close()
+
+
+def _row_of(item: AuditEntry) -> dict[str, Any]:
+    from mcp_gateway.audit import _row
+
+    return _row(item)

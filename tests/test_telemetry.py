@@ -200,6 +200,38 @@ def test_without_a_collector_no_span_is_recorded_but_trace_ids_still_link_rows_a
     assert parents[0][1] != parents[1][1]  # one trace per call
 
 
+def test_without_a_collector_a_callers_sampled_trace_still_reaches_the_upstream_sampled(
+    tmp_path: Path, example_api: ExampleApi, dev_key: DevKey
+) -> None:
+    """The caller decided to sample this trace; a backend that traces on its own must see that decision."""
+    caller_trace, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    deployment = make_deployment(tmp_path, example_api, dev_key)
+    token = deployment.mint("alice", ("support",), "internal")
+    before = len(example_api.seen())
+
+    async def call(url: str) -> None:
+        with anyio.fail_after(60):
+            async with (
+                create_mcp_http_client(headers={"Authorization": f"Bearer {token}"}) as http,
+                Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client,
+            ):
+                meta = {"traceparent": f"00-{caller_trace}-{caller_span}-01"}
+                result = await client.call_tool("crm.customer_lookup", {"customer_id": "c-100"}, meta=meta)  # type: ignore[arg-type]
+                assert not result.is_error
+
+    with gateway(deployment) as url:
+        anyio.run(call, url)
+    version, trace_id, parent_id, flags = example_api.seen()[before:][-1]["headers"]["traceparent"].split("-")
+    assert (version, trace_id) == ("00", caller_trace)
+    assert parent_id != caller_span  # the gateway's own span in between
+    assert int(flags, 16) & 0x01  # still sampled
+    log = AuditLog(f"sqlite:///{deployment.database}")
+    try:
+        assert [row["event"] for row in log.by_trace(caller_trace)] == ["tools/call", "tools/call.result"]
+    finally:
+        log.close()
+
+
 def test_collector_down_never_fails_a_call(tmp_path: Path, example_api: ExampleApi, dev_key: DevKey) -> None:
     nowhere = f"http://127.0.0.1:{free_port()}"
     deployment = _deployment(tmp_path, example_api, dev_key, nowhere)
