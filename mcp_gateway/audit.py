@@ -56,13 +56,13 @@ Durability = Literal["process", "power"]
 
 GENESIS = "0" * 64
 # SQLite WAL checkpoints: a background thread copies the WAL back into the database after about every
-# _CHECKPOINT_EVERY commits (a row writes 2 to 4 pages, so about SQLite's own default of 1,000 pages), off the
+# _CHECKPOINT_EVERY rows (a lone row writes 2 to 4 pages, so about SQLite's own default of 1,000 pages), off the
 # call path; the writer's automatic checkpoint is a backstop at _BACKSTOP_PAGES (about 40 MB of WAL).
 _CHECKPOINT_EVERY = 256
+_BACKSTOP_PAGES = 10_000
 # After another writer was seen (several processes on one trail), this many appends take the locked path
 # without checking for a chance of the one-statement path (see AuditLog._append_alone).
 _CONTENDED_SKIP = 16
-_BACKSTOP_PAGES = 10_000
 logger = logging.getLogger(__name__)
 _PG_LOCK_KEY = 0x6D6370_67776179  # "mcp" "gway": one advisory lock for the chain head
 
@@ -290,7 +290,7 @@ class AuditLog:
         self._wakeup = threading.Condition()
         self._committer: threading.Thread | None = None
         self._closing = False
-        # Background WAL checkpoints (file-backed SQLite only): commits since the last one, and its thread.
+        # Background WAL checkpoints (file-backed SQLite only): rows since the last one, and its thread.
         self._wal = not self._postgres and _sqlite_path(database_url) not in ("", ":memory:")
         self._uncheckpointed = 0
         self._checkpoint_due = threading.Event()
