@@ -40,6 +40,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 from sqlmodel import Field, SQLModel
 
 from mcp_gateway.errors import UnavailableError
+from mcp_gateway.walcheckpoint import BACKSTOP_PAGES, WalCheckpointer
 
 __all__ = [
     "GENESIS",
@@ -55,11 +56,6 @@ __all__ = [
 Durability = Literal["process", "power"]
 
 GENESIS = "0" * 64
-# SQLite WAL checkpoints: a background thread copies the WAL back into the database after about every
-# _CHECKPOINT_EVERY rows (a lone row writes 2 to 4 pages, so about SQLite's own default of 1,000 pages), off the
-# call path; the writer's automatic checkpoint is a backstop at _BACKSTOP_PAGES (about 40 MB of WAL).
-_CHECKPOINT_EVERY = 256
-_BACKSTOP_PAGES = 10_000
 # After another writer was seen (several processes on one trail), this many appends take the locked path
 # without checking for a chance of the one-statement path (see AuditLog._append_alone).
 _CONTENDED_SKIP = 16
@@ -224,9 +220,9 @@ def _sqlite_pragmas(durability: Durability) -> Callable[[Any, Any], None]:
         cursor.execute("PRAGMA busy_timeout=5000")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={synchronous}")
-        # WAL checkpoints run on a background thread (AuditLog._checkpoint_loop); this is only a backstop, should
-        # that thread fall behind, so the WAL stays bounded.
-        cursor.execute(f"PRAGMA wal_autocheckpoint={_BACKSTOP_PAGES}")
+        # WAL checkpoints run on a background thread (walcheckpoint.py); this is only a backstop, should that
+        # thread fall behind, so the WAL stays bounded.
+        cursor.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
         cursor.close()
 
     return on_connect
@@ -290,11 +286,9 @@ class AuditLog:
         self._wakeup = threading.Condition()
         self._committer: threading.Thread | None = None
         self._closing = False
-        # Background WAL checkpoints (file-backed SQLite only): rows since the last one, and its thread.
-        self._wal = not self._postgres and _sqlite_path(database_url) not in ("", ":memory:")
-        self._uncheckpointed = 0
-        self._checkpoint_due = threading.Event()
-        self._checkpointer: threading.Thread | None = None
+        # Background WAL checkpoints, for file-backed SQLite only (see walcheckpoint.py).
+        wal = not self._postgres and _sqlite_path(database_url) not in ("", ":memory:")
+        self._wal = WalCheckpointer(self._engine) if wal else None
         create_tables(self._engine, [_TABLE, _CHECKPOINTS], "audit database")
 
     def close(self) -> None:
@@ -303,9 +297,8 @@ class AuditLog:
             self._wakeup.notify_all()
         if self._committer is not None:
             self._committer.join(timeout=30)
-        self._checkpoint_due.set()
-        if self._checkpointer is not None:
-            self._checkpointer.join(timeout=30)
+        if self._wal is not None:
+            self._wal.close()
         with self._lock:
             self._reset_writer()
         self._engine.dispose()
@@ -393,11 +386,8 @@ class AuditLog:
             raise
         finally:
             cursor.close()
-        if self._wal:
-            self._uncheckpointed += len(rows)  # rows, not commits: a group commit of 256 rows writes many pages
-            if self._uncheckpointed >= _CHECKPOINT_EVERY:
-                self._uncheckpointed = 0
-                self._request_checkpoint()
+        if self._wal is not None:
+            self._wal.written(len(rows))
 
     def _append_locked(self, cursor: Any, rows: list[dict[str, Any]]) -> None:
         assert self._writer is not None  # noqa: S101 - opened by the caller
@@ -433,53 +423,6 @@ class AuditLog:
             self._head = (last_id, prev, cursor.fetchone()[0])
         except self._driver_error as exc:  # the rows are committed: only the next chance is lost
             logger.warning("audit: PRAGMA data_version failed after a commit: %s", exc)
-
-    def _request_checkpoint(self) -> None:
-        # The rows are committed by now: nothing here may fail the append (the writer's own automatic
-        # checkpoint is the backstop if the thread cannot run).
-        if self._checkpointer is None or not self._checkpointer.is_alive():
-            thread = threading.Thread(target=self._checkpoint_loop, name="audit-wal-checkpoint", daemon=True)
-            try:
-                thread.start()
-            except RuntimeError as exc:
-                logger.warning("audit WAL checkpoint thread not started: %s", exc)
-                return
-            self._checkpointer = thread
-        self._checkpoint_due.set()
-
-    def _checkpoint_loop(self) -> None:
-        """Copy the WAL back into the database whenever asked, on a connection of its own.
-
-        PASSIVE never waits for readers or writers, so appends carry on meanwhile; what it cannot copy now (a
-        reader still needs it) is copied next time. A failure is logged and retried next time: the writer's own
-        automatic checkpoint is the backstop.
-        """
-        connection: PoolProxiedConnection | None = None
-        try:
-            while True:
-                self._checkpoint_due.wait()
-                self._checkpoint_due.clear()
-                if self._closing:
-                    return
-                try:
-                    if connection is None:
-                        connection = self._engine.raw_connection()
-                    cursor = connection.cursor()
-                    try:
-                        cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                        cursor.fetchall()
-                    finally:
-                        cursor.close()
-                except Exception as exc:  # noqa: BLE001 - the thread must outlive any failure; the backstop remains
-                    logger.warning("audit WAL checkpoint failed (retried later): %s", exc)
-                    if connection is not None:
-                        with suppress(Exception):
-                            connection.close()
-                    connection = None
-        finally:
-            if connection is not None:
-                with suppress(Exception):
-                    connection.close()
 
     def _append_alone(self, cursor: Any, row: dict[str, Any]) -> bool:
         """SQLite, one row, nobody else has written since this connection's last commit: one autocommitted
