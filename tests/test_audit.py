@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import itertools
+import json
 import multiprocessing
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,7 @@ from typing import Any
 import pytest
 import sqlalchemy
 
-from mcp_gateway.audit import GENESIS, AuditEntry, AuditLog, Durability, record_hash
+from mcp_gateway.audit import GENESIS, AuditEntry, AuditLog, Durability, _row, record_hash
 from mcp_gateway.errors import UnavailableError
 
 WRITERS = 4
@@ -267,9 +270,6 @@ def test_gateways_starting_together_share_one_checkpoint_key(tmp_path: Path) -> 
 
 def test_record_hash_is_sha256_of_the_documented_canonical_json() -> None:
     """Trails written by earlier versions must still verify: the encoding is pinned, not just self-consistent."""
-    import hashlib
-    import json
-
     row = {
         "ts": "2026-11-25T00:00:00.000001+00:00",
         "event": "tools/call",
@@ -293,18 +293,13 @@ def test_record_hash_is_sha256_of_the_documented_canonical_json() -> None:
 def test_wal_is_checkpointed_in_the_background_while_the_trail_stays_open(tmp_path: Path) -> None:
     """Checkpoints run off the call path: the writer's own automatic checkpoint is only a far-off backstop, so
     without the background thread these rows would stay in the WAL and the database file would not grow."""
-    import time
-
     database = tmp_path / "audit.db"
     log = AuditLog(f"sqlite:///{database}")
     try:
         initial = database.stat().st_size
         for index in range(600):
             log.record(entry(index))
-        deadline = time.monotonic() + 10
-        while database.stat().st_size == initial and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert database.stat().st_size > initial
+        assert _grows(database, initial)
         assert len(list(log.iter_rows())) == 600
     finally:
         log.close()
@@ -409,23 +404,20 @@ def test_a_writer_using_the_default_id_still_appends_after_ours(database_url: st
 
 def test_the_wal_checkpoint_counts_rows_of_group_commits_too(tmp_path: Path) -> None:
     """Group commits put many rows in one transaction; checkpoints are due by rows, or the WAL grows unchecked."""
-    import time
-
     database = tmp_path / "audit.db"
     log = AuditLog(f"sqlite:///{database}")
     try:
         initial = database.stat().st_size
         for batch in range(3):
-            log._commit_rows([_row_of(entry(batch * 200 + index)) for index in range(200)])
-        deadline = time.monotonic() + 10
-        while database.stat().st_size == initial and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert database.stat().st_size > initial  # 600 rows in 3 commits: a checkpoint was due
+            log._commit_rows([_row(entry(batch * 200 + index)) for index in range(200)])
+        assert _grows(database, initial)  # 600 rows in 3 commits: a checkpoint was due
     finally:
         log.close()
 
 
-def _row_of(item: AuditEntry) -> dict[str, Any]:
-    from mcp_gateway.audit import _row
-
-    return _row(item)
+def _grows(database: Path, initial: int, timeout: float = 10) -> bool:
+    """Whether the database file grows past ``initial`` bytes within ``timeout`` s: a checkpoint copied the WAL in."""
+    deadline = time.monotonic() + timeout
+    while database.stat().st_size == initial and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return database.stat().st_size > initial
