@@ -27,7 +27,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from bench.audit_bench import ENTRY as AUDIT_ENTRY  # noqa: E402
-from mcp_gateway.audit import AuditLog, Durability  # noqa: E402
+from mcp_gateway.audit.log import AuditLog, Durability  # noqa: E402
 
 # The audit benchmarks' row, as the call path writes it (an outcome row with a trace id and span id).
 ENTRY = replace(

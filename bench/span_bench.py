@@ -31,12 +31,12 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from mcp_gateway import telemetry  # noqa: E402
-from mcp_gateway.audit import AuditLog  # noqa: E402
+from mcp_gateway.audit.log import AuditLog  # noqa: E402
+from mcp_gateway.backends.http import HttpUpstream  # noqa: E402
 from mcp_gateway.config import Settings  # noqa: E402
 from mcp_gateway.gateway import Gateway  # noqa: E402
 from mcp_gateway.identity import Principal  # noqa: E402
 from mcp_gateway.policy import PolicyEngine  # noqa: E402
-from mcp_gateway.upstream import HttpUpstream  # noqa: E402
 
 SDK_TRACER = trace.get_tracer("mcp-python-sdk")
 ALICE = Principal(

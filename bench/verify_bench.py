@@ -26,9 +26,9 @@ if str(ROOT) not in sys.path:
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from mcp_gateway.audit import AuditEntry, AuditLog, _row  # noqa: E402
-from mcp_gateway.checkpoint import Checkpointer, Signer  # noqa: E402
-from mcp_gateway.verify import verify_records  # noqa: E402
+from mcp_gateway.audit.checkpoint import Checkpointer, Signer  # noqa: E402
+from mcp_gateway.audit.log import AuditEntry, AuditLog, _row  # noqa: E402
+from mcp_gateway.audit.verify import verify_records  # noqa: E402
 
 
 def build(log: AuditLog, records: int, checkpointer: Checkpointer, batch: int = 10_000) -> None:

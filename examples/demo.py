@@ -32,7 +32,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from agent import AgentReport, run_agent
 
-from mcp_gateway.audit import AuditLog
+from mcp_gateway.audit.log import AuditLog
 from mcp_gateway.config import load_settings
 from mcp_gateway.devkeys import ensure_dev_key
 

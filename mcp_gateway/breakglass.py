@@ -32,7 +32,7 @@ from sqlalchemy import Engine, create_engine, event, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, SQLModel
 
-from mcp_gateway.audit import AuditEntry, AuditLog, create_tables
+from mcp_gateway.audit.log import AuditEntry, AuditLog, create_tables
 from mcp_gateway.config import BreakGlassSettings
 from mcp_gateway.errors import ApprovalRequiredError, BreakGlassError, UnavailableError
 from mcp_gateway.identity import Principal

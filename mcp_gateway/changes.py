@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mcp_gateway.audit import AuditEntry, AuditLog
+from mcp_gateway.audit.log import AuditEntry, AuditLog
 from mcp_gateway.errors import ConfigError
 from mcp_gateway.gateway import new_request_id
 from mcp_gateway.policy import load_policy

@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 import mcp_types as types
 
 from mcp_gateway import dlp
-from mcp_gateway.audit import AuditEntry, AuditLog
+from mcp_gateway.audit.log import AuditEntry, AuditLog
+from mcp_gateway.backends.http import HttpUpstream
 from mcp_gateway.breakglass import BreakGlass
 from mcp_gateway.catalog import TOOL_NAME, CatalogSet, ModelBackend, ToolSpec, catalog_fingerprint, load_catalogs
 from mcp_gateway.config import Settings
@@ -64,10 +65,9 @@ from mcp_gateway.telemetry import (
     current_trace_id,
     tracer,
 )
-from mcp_gateway.upstream import HttpUpstream
 
 if TYPE_CHECKING:
-    from mcp_gateway.llm import ModelRouter, ProgressFn
+    from mcp_gateway.backends.model import ModelRouter, ProgressFn
 
 __all__ = ["Gateway", "ReloadReport", "new_request_id"]
 
@@ -181,7 +181,7 @@ class Gateway:
     def models(self) -> ModelRouter:
         """The model router, built on first use: the OpenAI client costs about a second to import."""
         if self._models is None:
-            from mcp_gateway.llm import ModelRouter
+            from mcp_gateway.backends.model import ModelRouter
 
             self._models = ModelRouter(self.settings.egress)
         return self._models

@@ -40,9 +40,10 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_gateway import __version__
-from mcp_gateway.audit import AuditEntry, AuditLog
+from mcp_gateway.audit.checkpoint import Checkpointer, Signer
+from mcp_gateway.audit.log import AuditEntry, AuditLog
+from mcp_gateway.backends.http import HttpUpstream
 from mcp_gateway.breakglass import BreakGlass
-from mcp_gateway.checkpoint import Checkpointer, Signer
 from mcp_gateway.config import Settings, origin_of
 from mcp_gateway.egress import guarded_get
 from mcp_gateway.errors import GatewayError, UnauthenticatedError, to_mcp_error
@@ -50,7 +51,6 @@ from mcp_gateway.gateway import Gateway, new_request_id
 from mcp_gateway.identity import JwtVerifier, Principal, load_jwks, principal_from
 from mcp_gateway.policy import PolicyEngine
 from mcp_gateway.telemetry import current_trace_id, setup_telemetry, tracer
-from mcp_gateway.upstream import HttpUpstream
 
 __all__ = ["TOKEN_ENV", "TOKEN_FILE_ENV", "build_app", "build_gateway", "build_server", "build_verifier", "serve_stdio"]
 

@@ -10,14 +10,14 @@ from typing import Any
 
 import yaml
 
-from mcp_gateway.audit import AuditLog
+from mcp_gateway.audit.log import AuditLog
+from mcp_gateway.backends.http import HttpUpstream
+from mcp_gateway.backends.model import ModelRouter
 from mcp_gateway.config import Settings, load_settings
 from mcp_gateway.devkeys import ensure_dev_key
 from mcp_gateway.gateway import Gateway
 from mcp_gateway.identity import Principal
-from mcp_gateway.llm import ModelRouter
 from mcp_gateway.policy import PolicyEngine
-from mcp_gateway.upstream import HttpUpstream
 from tests.conftest import ISSUER, ROOT
 
 ALICE = Principal("alice", ("support",), "internal", (), None, "test", 2**40)

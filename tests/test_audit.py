@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import sqlalchemy
 
-from mcp_gateway.audit import GENESIS, AuditEntry, AuditLog, Durability, _row, record_hash
+from mcp_gateway.audit.log import GENESIS, AuditEntry, AuditLog, Durability, _row, record_hash
 from mcp_gateway.errors import UnavailableError
 
 WRITERS = 4
@@ -242,7 +242,7 @@ def test_break_glass_stores_opening_a_fresh_database_at_once_all_start(tmp_path:
 def test_gateways_starting_together_share_one_checkpoint_key(tmp_path: Path) -> None:
     import threading
 
-    from mcp_gateway.checkpoint import Signer
+    from mcp_gateway.audit.checkpoint import Signer
 
     path = tmp_path / "state" / "audit-signing.key"
     barrier = threading.Barrier(8)

@@ -16,7 +16,7 @@ from bench import audit_bench, echo_bench, gateway_bench
 from bench.common import free_port, make_deployment, python_env, server_process
 from bench.report import markdown
 from bench.servers import _diagnostic_audit
-from mcp_gateway.audit import AuditLog
+from mcp_gateway.audit.log import AuditLog
 
 pytestmark = pytest.mark.slow
 

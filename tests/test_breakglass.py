@@ -13,7 +13,7 @@ from mcp.shared.exceptions import MCPError
 from typer.testing import CliRunner, Result
 
 from mcp_gateway.breakglass import BreakGlass, parse_ttl
-from mcp_gateway.cli import app
+from mcp_gateway.cli.app import app
 from mcp_gateway.errors import BreakGlassError
 from mcp_gateway.gateway import Gateway
 from mcp_gateway.identity import Principal

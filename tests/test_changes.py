@@ -8,10 +8,10 @@ import re
 
 from typer.testing import CliRunner
 
-from mcp_gateway.audit import AuditEntry, AuditLog
-from mcp_gateway.cli import app
+from mcp_gateway.audit.export import cef_line
+from mcp_gateway.audit.log import AuditEntry, AuditLog
+from mcp_gateway.cli.app import app
 from mcp_gateway.config import load_settings
-from mcp_gateway.export import cef_line
 from tests.conftest import Deployment
 
 runner = CliRunner()

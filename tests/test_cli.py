@@ -21,8 +21,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner, Result
 
-from mcp_gateway.audit import GENESIS, AuditEntry, AuditLog, record_hash
-from mcp_gateway.cli import app
+from mcp_gateway.audit.log import GENESIS, AuditEntry, AuditLog, record_hash
+from mcp_gateway.cli.app import app
 from mcp_gateway.config import load_settings
 from mcp_gateway.devkeys import ensure_dev_key
 from mcp_gateway.identity import JwtVerifier, load_jwks

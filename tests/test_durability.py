@@ -26,10 +26,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from mcp_gateway.audit import AuditEntry, AuditLog, Durability
-from mcp_gateway.checkpoint import Checkpointer, Signer
+from mcp_gateway.audit.checkpoint import Checkpointer, Signer
+from mcp_gateway.audit.log import AuditEntry, AuditLog, Durability
+from mcp_gateway.audit.verify import verify_records
 from mcp_gateway.config import load_settings
-from mcp_gateway.verify import verify_records
 from tests.conftest import Deployment, wait_http
 
 CALLERS = 8
@@ -59,7 +59,7 @@ def _kill_cycles(tmp_path: Path, cycles: int) -> None:
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     AuditLog(url).close()
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["mcp_gateway.audit", "tests.test_durability"])
+    context.set_forkserver_preload(["mcp_gateway.audit.log", "tests.test_durability"])
     chooser = random.Random(4)  # noqa: S311 - test timing, not cryptography
     acknowledged: list[str] = []
     signer = Signer.load_or_create(tmp_path / "signing.key")

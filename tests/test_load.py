@@ -14,7 +14,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
-from mcp_gateway.audit import GENESIS, AuditLog, record_hash
+from mcp_gateway.audit.log import GENESIS, AuditLog, record_hash
 from tests.conftest import HttpGateway
 
 SESSIONS = 8

@@ -16,7 +16,7 @@ from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from mcp_gateway.audit import AuditLog
+from mcp_gateway.audit.log import AuditLog
 from mcp_gateway.devkeys import DevKey
 from tests.conftest import ExampleApi, make_deployment
 from tests.fault_model import FaultServer, running_fault_server

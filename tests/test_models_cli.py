@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner, Result
 
-from mcp_gateway.cli import app
+from mcp_gateway.cli.app import app
 from tests.model_setup import model, model_tool, write_deployment
 
 URL = "http://127.0.0.1:9/v1"

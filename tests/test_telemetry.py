@@ -27,8 +27,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from typer.testing import CliRunner
 
-from mcp_gateway.audit import AuditLog
-from mcp_gateway.cli import app
+from mcp_gateway.audit.log import AuditLog
+from mcp_gateway.cli.app import app
 from mcp_gateway.config import EgressSettings
 from mcp_gateway.devkeys import DevKey
 from mcp_gateway.egress import guarded_requests_session

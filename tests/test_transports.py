@@ -15,7 +15,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
-from mcp_gateway.audit import AuditLog
+from mcp_gateway.audit.log import AuditLog
 from mcp_gateway.errors import UNAUTHENTICATED
 from tests.conftest import API_KEY, Deployment, ExampleApi, HttpGateway
 

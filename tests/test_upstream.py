@@ -29,11 +29,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from mcp_gateway.backends.http import REQUEST_ID_HEADER, HttpUpstream
 from mcp_gateway.catalog import HttpBackend, ToolSpec, load_catalogs
 from mcp_gateway.config import EgressSettings
 from mcp_gateway.egress import EgressDeniedError
 from mcp_gateway.errors import InvalidArgumentsError, UnavailableError, UpstreamError
-from mcp_gateway.upstream import REQUEST_ID_HEADER, HttpUpstream
 
 CAP = 1000  # max_response_bytes for the size tests
 TIMEOUT = 0.5  # the tool timeout for the deadline tests
@@ -761,7 +761,7 @@ async def test_proxy_environment_variables_are_ignored(
 def test_only_json_media_types_are_parsed_as_json() -> None:
     import httpx
 
-    from mcp_gateway.upstream import _result
+    from mcp_gateway.backends.http import _result
 
     ndjson = httpx.Response(200, headers={"content-type": "application/x-ndjson"}, content=b'{"a":1}\n{"a":2}\n')
     problem = httpx.Response(200, headers={"content-type": "application/problem+json"}, content=b'{"title":"x"}')
@@ -779,7 +779,7 @@ def test_only_json_media_types_are_parsed_as_json() -> None:
 def test_unparseable_json_from_upstream_is_an_upstream_error(body: bytes) -> None:
     import httpx
 
-    from mcp_gateway.upstream import _result
+    from mcp_gateway.backends.http import _result
 
     response = httpx.Response(200, headers={"content-type": "application/json"}, content=body)
     with pytest.raises(UpstreamError) as info:

@@ -14,10 +14,10 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from mcp_gateway.audit import AuditEntry, AuditLog, record_hash
-from mcp_gateway.audit_cli import progress_bar
-from mcp_gateway.checkpoint import Checkpointer, Signer
-from mcp_gateway.cli import app
+from mcp_gateway.audit.checkpoint import Checkpointer, Signer
+from mcp_gateway.audit.log import AuditEntry, AuditLog, record_hash
+from mcp_gateway.cli.app import app
+from mcp_gateway.cli.audit import progress_bar
 from mcp_gateway.config import Settings, load_settings
 from tests.conftest import Deployment
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mcp_gateway.audit import AuditEntry, AuditLog, _row
-from mcp_gateway.checkpoint import Checkpointer, Signer
-from mcp_gateway.verify import VerifyReport, verify_records
+from mcp_gateway.audit.checkpoint import Checkpointer, Signer
+from mcp_gateway.audit.log import AuditEntry, AuditLog, _row
+from mcp_gateway.audit.verify import VerifyReport, verify_records
 
 pytestmark = pytest.mark.slow
 

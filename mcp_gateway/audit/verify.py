@@ -30,8 +30,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from mcp_gateway.audit import GENESIS, record_hash
-from mcp_gateway.checkpoint import checkpoint_valid
+from mcp_gateway.audit.checkpoint import checkpoint_valid
+from mcp_gateway.audit.log import GENESIS, record_hash
 
 __all__ = ["Problem", "VerifyReport", "verify_records"]
 

@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from mcp_gateway.audit import AuditLog
+from mcp_gateway.audit.log import AuditLog
 from mcp_gateway.breakglass import BreakGlass, Grant, iso, parse_ttl
 from mcp_gateway.catalog import load_catalogs
 from mcp_gateway.config import Settings, load_settings

@@ -22,10 +22,10 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from rich.table import Table
 from rich.text import Text
 
-from mcp_gateway import audit_cli
-from mcp_gateway.audit import AuditLog
-from mcp_gateway.breakglass_cli import approval_app, breakglass_app
+from mcp_gateway.audit.log import AuditLog
 from mcp_gateway.catalog import CatalogSet, load_catalogs
+from mcp_gateway.cli import audit as audit_cli
+from mcp_gateway.cli.breakglass import approval_app, breakglass_app
 from mcp_gateway.config import Settings, load_settings
 from mcp_gateway.errors import ConfigError, GatewayError
 from mcp_gateway.policy import PolicySnapshot, load_policy
@@ -396,9 +396,9 @@ def audit_export(
     config: ConfigOption = None,
 ) -> None:
     """Every audit row as JSON lines or CEF, streamed, for a SIEM; or a verifiable bundle with --bundle."""
-    from mcp_gateway.audit_cli import progress_bar
-    from mcp_gateway.checkpoint import merge_checkpoints, read_checkpoint_file
-    from mcp_gateway.export import cef_line, jsonl_line, write_bundle
+    from mcp_gateway.audit.checkpoint import merge_checkpoints, read_checkpoint_file
+    from mcp_gateway.audit.export import cef_line, jsonl_line, write_bundle
+    from mcp_gateway.cli.audit import progress_bar
 
     cutoff = _utc(since) if since is not None else None
     settings = _settings(config)

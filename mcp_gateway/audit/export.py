@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from mcp_gateway import __version__
-from mcp_gateway.checkpoint import CHECKPOINT_FIELDS
+from mcp_gateway.audit.checkpoint import CHECKPOINT_FIELDS
 from mcp_gateway.errors import ConfigError
 
 __all__ = ["BUNDLE_MAGIC", "Bundle", "cef_line", "jsonl_line", "open_bundle", "printable_text", "write_bundle"]

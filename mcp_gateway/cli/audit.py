@@ -20,12 +20,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from mcp_gateway.audit import AuditLog, record_hash
-from mcp_gateway.checkpoint import Checkpointer, Signer, load_public_key, merge_checkpoints, read_checkpoint_file
+from mcp_gateway.audit.checkpoint import Checkpointer, Signer, load_public_key, merge_checkpoints, read_checkpoint_file
+from mcp_gateway.audit.export import open_bundle, printable_text
+from mcp_gateway.audit.log import AuditLog, record_hash
+from mcp_gateway.audit.verify import VerifyReport, verify_records
 from mcp_gateway.config import Settings
 from mcp_gateway.errors import ConfigError, GatewayError
-from mcp_gateway.export import open_bundle, printable_text
-from mcp_gateway.verify import VerifyReport, verify_records
 
 __all__ = ["PROGRESS_THRESHOLD", "register"]
 

@@ -33,7 +33,7 @@ from openai import AsyncOpenAI, omit
 from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
-from mcp_gateway.breaker import CircuitBreaker
+from mcp_gateway.backends.breaker import CircuitBreaker
 from mcp_gateway.catalog import ModelBackend, ToolSpec
 from mcp_gateway.config import EgressSettings
 from mcp_gateway.egress import Resolver, guarded_httpx2_client

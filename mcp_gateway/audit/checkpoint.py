@@ -31,7 +31,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from mcp_gateway.audit import AuditLog
+from mcp_gateway.audit.log import AuditLog
 from mcp_gateway.errors import ConfigError, GatewayError
 
 __all__ = ["CHECKPOINT_FIELDS", "Checkpointer", "Signer", "checkpoint_valid", "load_public_key", "read_checkpoint_file"]

@@ -40,7 +40,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 from sqlmodel import Field, SQLModel
 
 from mcp_gateway.errors import UnavailableError
-from mcp_gateway.walcheckpoint import BACKSTOP_PAGES, WalCheckpointer
+from mcp_gateway.store.walcheckpoint import BACKSTOP_PAGES, WalCheckpointer
 
 __all__ = [
     "GENESIS",

@@ -1,0 +1,3 @@
+"""The evidence plane: the hash-chained trail (log), signed checkpoints, verification and export."""
+
+__all__: list[str] = []
