@@ -127,16 +127,20 @@ def core() -> None:
     import mcp_types as types
     import yaml
 
-    from mcp_gateway import gateway as gateway_module
+    from mcp_gateway import limits as limits_module
+    from mcp_gateway.backends import Answer
     from mcp_gateway.config import Settings
     from mcp_gateway.devkeys import ensure_dev_key
     from mcp_gateway.identity import Principal
     from mcp_gateway.server import build_gateway
 
     class Backend:
-        async def call(self, tool: Any, arguments: Any, request_id: str) -> types.CallToolResult:
+        async def call(self, tool: Any, arguments: Any, call: Any) -> Answer:
             body = {"id": "c-100", "name": "Ada Lovelace", "tier": "gold", "city": "London"}
-            return types.CallToolResult(content=[types.TextContent(text=str(body))], structured_content=body)
+            return Answer(types.CallToolResult(content=[types.TextContent(text=str(body))], structured_content=body))
+
+        def describe(self, tool: Any) -> dict[str, Any]:
+            return {"type": "http"}
 
         async def aclose(self) -> None:
             return None
@@ -159,7 +163,7 @@ def core() -> None:
             database_url=f"sqlite:///{folder / 'audit.db'}",
         )
         gateway = build_gateway(settings)
-        gateway.upstream = Backend()  # type: ignore[assignment]
+        gateway.backends.use("http", Backend())
         alice = Principal("alice", ("support",), "internal", (), None, "bench", 2**40)
 
         def call(tool: str, args: dict[str, Any]) -> Callable[[], Any]:
@@ -179,10 +183,10 @@ def core() -> None:
         limited = timed(search, 1.0) / 200
         gateway.limiter = NoLimit()  # type: ignore[assignment]
         plain = timed(search, 1.0) / 200
-        scan = gateway_module.dlp.scan
-        gateway_module.dlp.scan = lambda value, root: []  # type: ignore[assignment]
+        scan = limits_module.dlp.scan
+        limits_module.dlp.scan = lambda value, root: []  # type: ignore[assignment]
         bare = timed(search, 1.0) / 200
-        gateway_module.dlp.scan, gateway.limiter = scan, limiter
+        limits_module.dlp.scan, gateway.limiter = scan, limiter
         print("\ngateway call_tool on crm.search, backend stubbed, audit on SQLite (µs CPU per call, 2 audit rows):")
         print(f"  no DLP scan, no rate limit   {bare:7.1f}  1.00")
         print(f"  DLP scan (flag, no finding)  {plain:7.1f}  {plain / bare:4.2f}")

@@ -22,8 +22,9 @@ from mcp.client import Client
 
 from bench.common import ROLE, SUBJECT, make_deployment, median, percentile
 from bench.servers import LocalEcho, bare_server, echo_result
+from mcp_gateway.audit.log import new_request_id
 from mcp_gateway.config import load_settings
-from mcp_gateway.gateway import Gateway, new_request_id
+from mcp_gateway.gateway import Gateway
 from mcp_gateway.identity import Principal
 from mcp_gateway.server import build_gateway, build_server
 
@@ -68,7 +69,7 @@ def _principal() -> Principal:
 def _gateway(root: Path, filler_tools: int) -> Gateway:
     deployment = make_deployment(root, "http://127.0.0.1:9", filler_tools=filler_tools)
     gateway = build_gateway(load_settings(deployment.config))
-    gateway.upstream = LocalEcho()  # type: ignore[assignment]
+    gateway.backends.use("http", LocalEcho())
     return gateway
 
 

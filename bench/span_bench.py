@@ -32,11 +32,11 @@ from rich.table import Table  # noqa: E402
 
 from mcp_gateway import telemetry  # noqa: E402
 from mcp_gateway.audit.log import AuditLog  # noqa: E402
-from mcp_gateway.backends.http import HttpUpstream  # noqa: E402
 from mcp_gateway.config import Settings  # noqa: E402
 from mcp_gateway.gateway import Gateway  # noqa: E402
 from mcp_gateway.identity import Principal  # noqa: E402
 from mcp_gateway.policy import PolicyEngine  # noqa: E402
+from mcp_gateway.server import build_backends  # noqa: E402
 
 SDK_TRACER = trace.get_tracer("mcp-python-sdk")
 ALICE = Principal(
@@ -75,7 +75,7 @@ def run(count: int, rounds: int = 3) -> dict[str, Any]:
             settings,
             audit=AuditLog(f"sqlite:///{Path(folder) / 'a.db'}"),
             policy=PolicyEngine(settings.policies_dir),
-            upstream=HttpUpstream(settings.egress),
+            backends=build_backends(settings),
         )
         asyncio.run(calls(gateway, 200))
         baseline = statistics.median(asyncio.run(calls(gateway, count)) for _ in range(rounds))

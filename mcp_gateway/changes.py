@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mcp_gateway.audit.log import AuditEntry, AuditLog
+from mcp_gateway.audit.log import AuditEntry, AuditLog, new_request_id
 from mcp_gateway.errors import ConfigError
-from mcp_gateway.gateway import new_request_id
 from mcp_gateway.policy import load_policy
 
 __all__ = ["ChangeResult", "change_policy_line", "default_actor"]

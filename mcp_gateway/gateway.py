@@ -1,47 +1,42 @@
 """The transport-free core: every governance rule lives here, once.
 
 Transports turn a session into a :class:`~mcp_gateway.identity.Principal` and hand the request over.
-The call path refuses cheaply before it works expensively:
+A call passes four named stages, each refusing cheaply before the next works expensively:
 
-1. catalog   the caller's audience picks the catalog; a tool not in it is unknown
-2. policy    Casbin (compiled) decides; a tool the caller may not call is indistinguishable from unknown,
-             unless an approved break-glass grant covers exactly this subject and tool (rule ``breakglass:<id>``)
-3. limits    after the policy, so a hidden tool's limits and schema reveal nothing, cheapest first:
-             rate limit (token bucket), argument depth and size, JSON Schema, DLP scan of the arguments,
-             then the second-person approval of this exact call where the tool requires one
-4. audit     the decision row is committed before any backend work: no side effect goes unrecorded
-5. backend   the in-boundary request, with server-side credentials only, given the one parsed (and, under a
-             ``redact`` action, redacted) argument object that was validated and digested
-6. DLP       the result is scanned; ``block`` withholds it, ``redact`` rewrites it
-7. audit     the outcome row is committed before the result goes out; if it cannot be, the result is withheld
+1. admit     the caller's audience picks the catalog; a tool not in it is unknown. Casbin (compiled) decides; a
+             tool the caller may not call is indistinguishable from unknown, unless an approved break-glass grant
+             covers exactly this subject and tool (rule ``breakglass:<id>``)
+2. limit     after the policy, so a hidden tool's limits and schema reveal nothing, cheapest first: rate limit
+             (token bucket), argument depth and size, JSON Schema, DLP scan of the arguments, then the
+             second-person approval of this exact call where the tool requires one
+3. dispatch  the decision row is committed before any backend work (no side effect goes unrecorded); the
+             backend makes the in-boundary request with server-side credentials only, given the one parsed (and,
+             under a ``redact`` action, redacted) argument object that was validated and digested; the result is
+             scanned: ``block`` withholds it, ``redact`` rewrites it
+4. record    the outcome row is committed before the result goes out; if it cannot be, the result is withheld
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
-import uuid
 from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import mcp_types as types
 
-from mcp_gateway import dlp
+from mcp_gateway import limits
 from mcp_gateway.audit.log import AuditEntry, AuditLog
-from mcp_gateway.backends.http import HttpUpstream
+from mcp_gateway.backends import BackendCall, Backends, ProgressFn
 from mcp_gateway.breakglass import BreakGlass
-from mcp_gateway.catalog import TOOL_NAME, CatalogSet, ModelBackend, ToolSpec, catalog_fingerprint, load_catalogs
+from mcp_gateway.catalog import TOOL_NAME, CatalogSet, ToolSpec
 from mcp_gateway.config import Settings
 from mcp_gateway.errors import (
     CallError,
-    ConfigError,
-    DlpBlockedError,
     GatewayError,
-    InvalidArgumentsError,
     RequestError,
     UnavailableError,
     UnknownToolError,
@@ -49,8 +44,9 @@ from mcp_gateway.errors import (
     to_mcp_error,
 )
 from mcp_gateway.identity import Principal
-from mcp_gateway.policy import PolicyEngine, ReloadResult
+from mcp_gateway.policy import PolicyEngine, PolicySnapshot
 from mcp_gateway.ratelimit import RateLimiter
+from mcp_gateway.reload import Reloader, ReloadReport
 from mcp_gateway.telemetry import (
     ATTR_ARGS_DIGEST,
     ATTR_CATALOG,
@@ -63,18 +59,13 @@ from mcp_gateway.telemetry import (
     CallTimer,
     current_span_id,
     current_trace_id,
-    tracer,
 )
 
-if TYPE_CHECKING:
-    from mcp_gateway.backends.model import ModelRouter, ProgressFn
-
-__all__ = ["Gateway", "ReloadReport", "new_request_id"]
+__all__ = ["Gateway"]
 
 logger = logging.getLogger(__name__)
 
 _VISIBLE_CACHE_SIZE = 4096
-
 
 CALL = "tools/call"
 RESULT = "tools/call.result"
@@ -101,46 +92,20 @@ def _caller_detail(principal: Principal, name: str | None = None, span_id: str |
     return detail or None
 
 
-def new_request_id() -> str:
-    return uuid.uuid4().hex
+@dataclass(slots=True)
+class _Call:
+    """One ``tools/call`` in flight: the audit entry the stages fill in, and the stage timer."""
 
+    entry: AuditEntry
+    timer: CallTimer
+    started: float
+    opened: bool = False  # whether the decision row (outcome "started") is on record
 
-# allow_nan=False: NaN and Infinity are not JSON, and a backend would parse them differently (or not at all).
-# One encoder for the process: json.dumps with options builds a new one per call.
-_ARGUMENTS_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    def ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
 
-
-def _canonical_arguments(arguments: Mapping[str, Any]) -> bytes:
-    # Lone surrogates fail to encode (UnicodeEncodeError is a ValueError).
-    try:
-        return _ARGUMENTS_ENCODER.encode(arguments).encode()
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgumentsError(f"arguments are not JSON: {exc}") from exc
-
-
-def _depth(value: Any, limit: int) -> int:
-    """Nesting depth of a JSON value, iteratively (no recursion for an attacker to exhaust)."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        deepest = max(deepest, depth)
-        if deepest > limit:
-            return deepest
-        if isinstance(item, dict):
-            stack.extend((child, depth + 1) for child in item.values())
-        elif isinstance(item, list):
-            stack.extend((child, depth + 1) for child in item)
-    return deepest
-
-
-@dataclass(frozen=True, slots=True)
-class ReloadReport:
-    """What one reload check found: which of policy and catalogs changed, and any failure."""
-
-    policy_changed: bool
-    catalogs_changed: bool
-    errors: tuple[str, ...]
+    def add_detail(self, **detail: Any) -> None:
+        self.entry.detail = {**(self.entry.detail or {}), **detail}
 
 
 class Gateway:
@@ -152,10 +117,9 @@ class Gateway:
         *,
         audit: AuditLog,
         policy: PolicyEngine,
-        upstream: HttpUpstream,
+        backends: Backends,
         limiter: RateLimiter | None = None,
         breakglass: BreakGlass | None = None,
-        models: ModelRouter | None = None,
     ) -> None:
         """Load catalogs and wire the components. Without ``breakglass``, no grant applies and held calls fail closed.
 
@@ -165,32 +129,19 @@ class Gateway:
         self.settings = settings
         self.audit = audit
         self.policy = policy
-        self.upstream = upstream
-        self._models = models
-        self._catalog_files = catalog_fingerprint(settings.catalogs_dir)
-        self._catalogs = load_catalogs(settings.catalogs_dir, settings.egress)
+        self.backends = backends
+        self._config = Reloader(settings, policy, audit)
         self._visible: dict[tuple[Any, ...], tuple[types.Tool, ...]] = {}
         self.limiter = limiter if limiter is not None else RateLimiter()
         self.breakglass = breakglass
 
     @property
     def catalogs(self) -> CatalogSet:
-        return self._catalogs
-
-    @property
-    def models(self) -> ModelRouter:
-        """The model router, built on first use: the OpenAI client costs about a second to import."""
-        if self._models is None:
-            from mcp_gateway.backends.model import ModelRouter
-
-            self._models = ModelRouter(self.settings.egress)
-        return self._models
+        return self._config.catalogs
 
     async def aclose(self) -> None:
         """Close the backends' connection pools and the break-glass store (the audit trail is closed by its owner)."""
-        await self.upstream.aclose()
-        if self._models is not None:
-            await self._models.aclose()
+        await self.backends.aclose()
         if self.breakglass is not None:
             self.breakglass.close()
 
@@ -199,9 +150,18 @@ class Gateway:
         reason = self.audit.ping()
         return reason is None, reason
 
+    def reload(self, actor: str = "gateway") -> ReloadReport:
+        """Re-read policy and catalogs (see :mod:`mcp_gateway.reload`); the per-caller tool lists follow."""
+        report = self._config.reload(actor)
+        if report.policy_changed or report.catalogs_changed:
+            self._visible.clear()
+        return report
+
+    # -- tools/list ---------------------------------------------------------------------------------------
+
     def visible_tools(self, principal: Principal) -> tuple[types.Tool, ...]:
         """The tools ``principal`` may call, in catalog order. Pure: no audit row."""
-        snapshot, catalogs = self.policy.snapshot, self._catalogs
+        snapshot, catalogs = self.policy.snapshot, self.catalogs
         key = (principal.subject, principal.roles, principal.catalog, snapshot.version, catalogs.version)
         cached = self._visible.get(key)
         if cached is None:
@@ -245,6 +205,22 @@ class Gateway:
             raise to_mcp_error(exc, request_id) from exc
         return list(tools)
 
+    def _granted(self, principal: Principal) -> tuple[types.Tool, ...]:
+        """Tools shown because of an active break-glass grant, beyond what the policy shows."""
+        if self.breakglass is None or principal.catalog not in self.settings.breakglass.catalogs:
+            return ()
+        granted = self.breakglass.granted_tools(principal.subject, principal.catalog)
+        if not granted:
+            return ()
+        shown = {tool.name for tool in self.visible_tools(principal)}
+        return tuple(
+            tool.definition
+            for tool in self.catalogs.tools(principal.catalog)
+            if tool.name in granted and tool.name not in shown
+        )
+
+    # -- tools/call ---------------------------------------------------------------------------------------
+
     async def call_tool(
         self,
         principal: Principal,
@@ -260,10 +236,24 @@ class Gateway:
         Raises:
             MCPError: the tool is unknown to this caller (or hidden from it), or the refusal could not be audited.
         """
-        started = time.perf_counter()
-        timer = CallTimer()
-        snapshot = self.policy.snapshot
-        span_id = current_span_id()
+        # One snapshot of policy and catalogs for the whole call: a reload mid-call does not change its rules.
+        snapshot, catalogs = self.policy.snapshot, self.catalogs
+        call = self._open(principal, name, request_id, snapshot)
+        arguments = arguments or {}
+        try:
+            tool = self._admit(call, principal, name, catalogs, snapshot)
+            forwarded = await self._limit(call, principal, tool, arguments)
+            result = await self._dispatch(call, tool, forwarded, BackendCall(request_id, catalogs.models, progress))
+            await self._record(call)
+        except GatewayError as exc:
+            return await self._refuse(call, exc)
+        except Exception as exc:  # record the outcome, then re-raise to the transport's handler
+            await self._record_failure(call, exc)
+            raise
+        call.timer.finish(_span_attributes(call.entry), error_type=None, arguments=arguments)
+        return result
+
+    def _open(self, principal: Principal, name: str, request_id: str, snapshot: PolicySnapshot) -> _Call:
         entry = AuditEntry(
             event=CALL,
             decision="deny",
@@ -275,267 +265,131 @@ class Gateway:
             catalog=principal.catalog,
             tool=_audited_name(name),
             policy_version=snapshot.version,
-            detail=_caller_detail(principal, name, span_id),
+            detail=_caller_detail(principal, name, current_span_id()),
         )
-        arguments = arguments or {}
-        catalogs = self._catalogs
-        opened = False  # whether the decision row (outcome "started") is on record
-        try:
-            tool = catalogs.lookup(principal.catalog, name)
-            timer.mark("catalog")
-            if tool is None:
-                entry.rule = "unknown-tool"
-                raise UnknownToolError(f"not in catalog {principal.catalog!r}")
-            decision = snapshot.decide(principal.subject, principal.roles, principal.catalog, name)
-            entry.tool_digest, entry.rule = tool.digest, decision.rule
-            if not decision.allowed:
-                grant = self._grant_for(principal, name)
-                if grant is None:
-                    raise UnknownToolError(f"policy denies: {decision.rule}")
-                detail = {**(entry.detail or {}), "breakglass": grant, "policy_rule": decision.rule}
-                entry.rule, entry.detail = f"breakglass:{grant}", detail
-            timer.mark("policy")
-            entry.decision = "allow"
-            # A grant changes the decision only: the limits below apply to every call.
-            self.limiter.take(principal.catalog, principal.subject, name, tool.rate_limit)
-            canonical = self._check_arguments(tool, arguments)
-            digest = hashlib.sha256(canonical).hexdigest()
-            entry.args_digest = digest
-            forwarded, entry = self._scan_arguments(tool, arguments, entry)
-            timer.mark("limits")
-            if tool.approval_required:
-                if self.breakglass is None:
-                    raise UnavailableError(f"{name} requires approval but no approval store is configured")
-                approval = self.breakglass.claim_call(principal, name, digest, snapshot.version)
-                entry.detail = {**(entry.detail or {}), "approval": approval}
-                timer.mark("approval")
-            # The decision is on record before the backend is touched, unless the catalog marks the tool
-            # read-only and outcome-only: nothing upstream changes, so its one row is written after the answer.
-            if tool.decision_first:
-                await self.audit.append(replace(entry, outcome="started"))
-                opened = True
-                timer.mark("audit_decision")
-            if isinstance(tool.backend, ModelBackend):
-                answer = await self.models.call(tool, catalogs.models, forwarded, request_id, progress)
-                result = answer.result
-                if answer.detail:
-                    entry.detail = {**(entry.detail or {}), **answer.detail}
-            else:
-                result = await self.upstream.call(tool, forwarded, request_id)
-            timer.mark("backend")
-            entry.detail = {**(entry.detail or {}), "backend": _backend(tool)}
-            result, entry = self._scan_result(tool, result, entry)
-            timer.mark("result_dlp")
-            # The outcome is on record before the result goes out; if it cannot be, _refuse withholds it.
-            entry.event, entry.outcome, entry.latency_ms = RESULT if opened else CALL, "ok", _ms(started)
-            await self.audit.append(entry)
-            timer.mark("audit_outcome")
-        except GatewayError as exc:
-            return await self._refuse(entry, exc, started, request_id, timer, opened=opened)
-        except Exception as exc:  # record the outcome, then re-raise to server.py's handler
-            failure = replace(
-                entry,
-                event=RESULT if opened else CALL,
-                outcome="internal_error",
-                latency_ms=_ms(started),
-                detail={**(entry.detail or {}), "error": type(exc).__name__},
-            )
-            with suppress(GatewayError):
-                await self.audit.append(failure)
-            timer.finish(_span_attributes(failure), error_type="internal_error")
-            raise
-        timer.finish(_span_attributes(entry), error_type=None, arguments=arguments)
-        return result
+        return _Call(entry, CallTimer(), time.perf_counter())
 
-    def _granted(self, principal: Principal) -> tuple[types.Tool, ...]:
-        """Tools shown because of an active break-glass grant, beyond what the policy shows."""
-        if self.breakglass is None or principal.catalog not in self.settings.breakglass.catalogs:
-            return ()
-        granted = self.breakglass.granted_tools(principal.subject, principal.catalog)
-        if not granted:
-            return ()
-        shown = {tool.name for tool in self.visible_tools(principal)}
-        return tuple(
-            tool.definition
-            for tool in self._catalogs.tools(principal.catalog)
-            if tool.name in granted and tool.name not in shown
-        )
+    def _admit(
+        self, call: _Call, principal: Principal, name: str, catalogs: CatalogSet, snapshot: PolicySnapshot
+    ) -> ToolSpec:
+        """Catalog, then policy (or a break-glass grant).
+
+        Raises:
+            UnknownToolError: not in the caller's catalog, or the policy denies it and no grant covers it.
+        """
+        entry = call.entry
+        tool = catalogs.lookup(principal.catalog, name)
+        call.timer.mark("catalog")
+        if tool is None:
+            entry.rule = "unknown-tool"
+            raise UnknownToolError(f"not in catalog {principal.catalog!r}")
+        decision = snapshot.decide(principal.subject, principal.roles, principal.catalog, name)
+        entry.tool_digest, entry.rule = tool.digest, decision.rule
+        if not decision.allowed:
+            grant = self._grant_for(principal, name)
+            if grant is None:
+                raise UnknownToolError(f"policy denies: {decision.rule}")
+            call.add_detail(breakglass=grant, policy_rule=decision.rule)
+            entry.rule = f"breakglass:{grant}"
+        call.timer.mark("policy")
+        entry.decision = "allow"
+        return tool
 
     def _grant_for(self, principal: Principal, name: str) -> str | None:
         if self.breakglass is None or principal.catalog not in self.settings.breakglass.catalogs:
             return None
         return self.breakglass.active_grant(principal.subject, principal.catalog, name)
 
-    def _scan_arguments(
-        self, tool: ToolSpec, arguments: Mapping[str, Any], entry: AuditEntry
-    ) -> tuple[Mapping[str, Any], AuditEntry]:
-        found = dlp.scan(arguments, "arguments")
-        if not found:
-            return arguments, entry
-        entry = _with_findings(entry, tool.dlp, found)
-        if tool.dlp == "block":
-            raise DlpBlockedError(
-                f"arguments: {_rules(found)}",
-                public_detail=f"{_rules(found)} in {_paths(found, 'arguments')}",
-                audit_detail=entry.detail,
-            )
-        if tool.dlp == "flag":
-            return arguments, entry
-        redacted = dlp.redact(arguments)
-        # Redaction must not smuggle arguments past the schema the backend relies on.
-        if next(iter(tool.validator.iter_errors(redacted)), None) is not None:
-            raise DlpBlockedError(
-                f"arguments: {_rules(found)}; redacted arguments no longer match the schema",
-                public_detail=f"{_rules(found)} in {_paths(found, 'arguments')}",
-                audit_detail=entry.detail,
-            )
-        return redacted, replace(entry, detail={**(entry.detail or {}), "forwarded_digest": _digest(redacted)})
+    async def _limit(
+        self, call: _Call, principal: Principal, tool: ToolSpec, arguments: Mapping[str, Any]
+    ) -> Mapping[str, Any]:
+        """Rate limit, argument checks, DLP of the arguments and, where required, the call's approval; returns
+        the arguments the backend gets.
 
-    def _scan_result(
-        self, tool: ToolSpec, result: types.CallToolResult, entry: AuditEntry
-    ) -> tuple[types.CallToolResult, AuditEntry]:
-        texts = [block.text for block in result.content if isinstance(block, types.TextContent)]
-        found = dlp.scan({"content": texts, "structured": result.structured_content}, "result")
-        if not found:
-            return result, entry
-        entry = _with_findings(entry, tool.dlp, found)
-        if tool.dlp == "block":
-            raise DlpBlockedError(
-                f"result: {_rules(found)}", public_detail=f"{_rules(found)} in the result", audit_detail=entry.detail
-            )
-        if tool.dlp == "flag":
-            return result, entry
-        content = [
-            types.TextContent(text=dlp.redact(block.text)) if isinstance(block, types.TextContent) else block
-            for block in result.content
-        ]
-        structured = dlp.redact(result.structured_content) if result.structured_content is not None else None
-        return result.model_copy(update={"content": content, "structured_content": structured}), entry
+        Raises:
+            CallError: a subclass naming the limit that refused the call.
+        """
+        # A grant changes the decision only: the limits apply to every call.
+        self.limiter.take(principal.catalog, principal.subject, tool.name, tool.rate_limit)
+        settings = self.settings
+        canonical = limits.check_arguments(
+            tool, arguments, max_depth=settings.max_argument_depth, max_bytes=settings.max_argument_bytes
+        )
+        digest = hashlib.sha256(canonical).hexdigest()
+        call.entry.args_digest = digest
+        forwarded, call.entry = limits.scan_arguments(tool, arguments, call.entry)
+        call.timer.mark("limits")
+        if tool.approval_required:
+            if self.breakglass is None:
+                raise UnavailableError(f"{tool.name} requires approval but no approval store is configured")
+            version = call.entry.policy_version or ""
+            call.add_detail(approval=self.breakglass.claim_call(principal, tool.name, digest, version))
+            call.timer.mark("approval")
+        return forwarded
 
-    async def _refuse(
-        self, entry: AuditEntry, exc: GatewayError, started: float, request_id: str, timer: CallTimer, *, opened: bool
+    async def _dispatch(
+        self, call: _Call, tool: ToolSpec, arguments: Mapping[str, Any], context: BackendCall
     ) -> types.CallToolResult:
+        """Decision row, backend, DLP of the result; returns what the caller may see.
+
+        Raises:
+            CallError: the decision row could not be committed, the backend failed, or the result is blocked.
+        """
+        # The decision is on record before the backend is touched, unless the catalog marks the tool read-only
+        # and outcome-only: nothing upstream changes, so its one row is written after the answer.
+        if tool.decision_first:
+            await self.audit.append(replace(call.entry, outcome="started"))
+            call.opened = True
+            call.timer.mark("audit_decision")
+        backend = self.backends.for_tool(tool)
+        answer = await backend.call(tool, arguments, context)
+        call.timer.mark("backend")
+        call.add_detail(**answer.detail, backend=backend.describe(tool))
+        result, call.entry = limits.scan_result(tool, answer.result, call.entry)
+        call.timer.mark("result_dlp")
+        return result
+
+    async def _record(self, call: _Call) -> None:
+        """The outcome row, committed before the result goes out; if it cannot be, ``_refuse`` withholds it."""
+        entry = call.entry
+        entry.event, entry.outcome, entry.latency_ms = RESULT if call.opened else CALL, "ok", call.ms()
+        await self.audit.append(entry)
+        call.timer.mark("audit_outcome")
+
+    async def _refuse(self, call: _Call, exc: GatewayError) -> types.CallToolResult:
+        entry = call.entry
+        request_id = entry.request_id or ""
         outcome = replace(
             entry,
             # The outcome of a call whose decision row is on record; otherwise the refusal is the decision.
-            event=RESULT if opened else CALL,
+            event=RESULT if call.opened else CALL,
             outcome=exc.code,
-            latency_ms=_ms(started),
+            latency_ms=call.ms(),
             detail={**(entry.detail or {}), **getattr(exc, "audit_detail", {}), "error": str(exc)},
         )
         try:
             await self.audit.append(outcome)
         except CallError as audit_exc:
             logger.error("audit unavailable; refusing request %s: %s", request_id, audit_exc)
-            timer.finish(_span_attributes(outcome), error_type=audit_exc.code)
+            call.timer.finish(_span_attributes(outcome), error_type=audit_exc.code)
             return to_call_result(audit_exc, request_id)
-        timer.finish(_span_attributes(outcome), error_type=exc.code)
+        call.timer.finish(_span_attributes(outcome), error_type=exc.code)
         if isinstance(exc, RequestError):
             raise to_mcp_error(exc, request_id) from exc
         assert isinstance(exc, CallError)  # noqa: S101 - the tree has exactly these two kinds of refusal
         return to_call_result(exc, request_id)
 
-    def _check_arguments(self, tool: ToolSpec, arguments: Mapping[str, Any]) -> bytes:
-        # Depth first, iteratively: json.dumps recurses and would hit the interpreter's limit on hostile nesting.
-        depth_limit = self.settings.max_argument_depth
-        if _depth(arguments, depth_limit) > depth_limit:
-            raise InvalidArgumentsError(
-                f"arguments nest deeper than {depth_limit}", public_detail=f"nested deeper than {depth_limit}"
-            )
-        canonical = _canonical_arguments(arguments)
-        limit = self.settings.max_argument_bytes
-        if len(canonical) > limit:
-            raise InvalidArgumentsError(
-                f"arguments are {len(canonical)} bytes, over {limit}", public_detail=f"larger than {limit} bytes"
-            )
-        error = next(iter(tool.validator.iter_errors(arguments)), None)
-        if error is not None:
-            where = "/".join(str(part) for part in error.absolute_path) or "(root)"
-            raise InvalidArgumentsError(
-                f"schema: {where}: {error.message}", public_detail=f"{where}: {error.validator}"
-            )
-        return canonical
-
-    def reload(self, actor: str = "gateway") -> ReloadReport:
-        """Re-read policy and catalogs; swap in what loads, keep the last good version of what does not.
-
-        Every change and every rejected version is one audit row; files left unchanged are not re-parsed, and a
-        broken file left in place is reported once.
-        """
-        policy_changed, policy_error = self._reload_policy(actor)
-        catalogs_changed, catalogs_error = self._reload_catalogs(actor)
-        if policy_changed or catalogs_changed:
-            self._visible.clear()
-        errors = tuple(error for error in (policy_error, catalogs_error) if error)
-        return ReloadReport(policy_changed, catalogs_changed, errors)
-
-    def _reload_policy(self, actor: str) -> tuple[bool, str | None]:
-        def record(result: ReloadResult) -> None:
-            detail = {"added": list(result.added), "removed": list(result.removed), "error": result.error}
-            self._audit_change(
-                "policy.reload", actor, result.ok, old=result.old_version, new=result.new_version, detail=detail
-            )
-
-        result = self.policy.reload(record)
-        if not result.changed:
-            return False, None
-        return result.ok, None if result.ok else f"policy: {result.error}"
-
-    def _reload_catalogs(self, actor: str) -> tuple[bool, str | None]:
-        # The fingerprint is remembered, and the new catalogs swapped in, only after the audit row is committed:
-        # if it cannot be, nothing changes and the next check tries again.
-        fingerprint = catalog_fingerprint(self.settings.catalogs_dir)
-        if fingerprint == self._catalog_files:
-            return False, None
-        old = self._catalogs
-        try:
-            fresh = load_catalogs(self.settings.catalogs_dir, self.settings.egress)
-        except ConfigError as exc:
-            self._audit_change("catalog.reload", actor, False, old=old.version, new=None, detail={"error": str(exc)})
-            self._catalog_files = fingerprint
-            return False, f"catalogs: {exc}"
-        if fresh.version != old.version:
-            diff = _catalog_diff(old, fresh)
-            self._audit_change("catalog.reload", actor, True, old=old.version, new=fresh.version, detail=diff)
-            self._catalogs = fresh
-        self._catalog_files = fingerprint
-        return fresh.version != old.version, None
-
-    def _audit_change(
-        self, event: str, actor: str, ok: bool, *, old: str, new: str | None, detail: dict[str, Any]
-    ) -> None:
-        # A change is not part of any request: it gets a trace of its own, so its row has a trace id too.
-        with tracer.start_as_current_span(event, attributes={"mcp_gateway.actor": actor}):
-            self._record_change(event, actor, ok, old=old, new=new, detail=detail)
-
-    def _record_change(
-        self, event: str, actor: str, ok: bool, *, old: str, new: str | None, detail: dict[str, Any]
-    ) -> None:
-        self.audit.record(
-            AuditEntry(
-                event=event,
-                decision="allow" if ok else "error",
-                outcome="ok" if ok else "rejected",
-                request_id=new_request_id(),
-                trace_id=current_trace_id(),
-                subject=actor,
-                policy_version=self.policy.snapshot.version,
-                detail={"old_digest": old, "new_digest": new, **detail},
-            )
+    async def _record_failure(self, call: _Call, exc: Exception) -> None:
+        failure = replace(
+            call.entry,
+            event=RESULT if call.opened else CALL,
+            outcome="internal_error",
+            latency_ms=call.ms(),
+            detail={**(call.entry.detail or {}), "error": type(exc).__name__},
         )
-
-
-def _catalog_diff(old: CatalogSet, new: CatalogSet) -> dict[str, Any]:
-    diff: dict[str, Any] = {}
-    for name in sorted(set(old.catalogs) | set(new.catalogs)):
-        before = {tool.name: tool.digest for tool in old.tools(name)}
-        after = {tool.name: tool.digest for tool in new.tools(name)}
-        diff[name] = {
-            "added": sorted(set(after) - set(before)),
-            "removed": sorted(set(before) - set(after)),
-            "changed": sorted(tool for tool in set(before) & set(after) if before[tool] != after[tool]),
-        }
-    return {"catalogs": diff}
+        with suppress(GatewayError):
+            await self.audit.append(failure)
+        call.timer.finish(_span_attributes(failure), error_type="internal_error")
 
 
 def _span_attributes(entry: AuditEntry) -> dict[str, Any]:
@@ -549,39 +403,3 @@ def _span_attributes(entry: AuditEntry) -> dict[str, Any]:
         ATTR_TOOL_DIGEST: entry.tool_digest,
         ATTR_ARGS_DIGEST: entry.args_digest,
     }
-
-
-def _backend(tool: ToolSpec) -> dict[str, Any]:
-    """What the audit trail says about the backend request: the template or model, never a filled-in URL or a secret."""
-    backend = tool.backend
-    if isinstance(backend, ModelBackend):
-        return {"type": "model", "model": backend.model, "operation": backend.operation}
-    return {"type": "http", "method": backend.method, "url": backend.url}
-
-
-_MAX_FINDINGS = 32  # per audit row; the count says how many there were
-
-
-def _with_findings(entry: AuditEntry, action: str, found: list[dlp.Finding]) -> AuditEntry:
-    """Record rule ids and paths (never matched values) in the row's detail."""
-    unique = list(dict.fromkeys(found))
-    detail = dict(entry.detail or {})
-    records = [*detail.get("dlp", []), *(finding.as_record() for finding in unique[:_MAX_FINDINGS])]
-    detail.update(dlp=records, dlp_action=action, dlp_count=detail.get("dlp_count", 0) + len(unique))
-    return replace(entry, detail=detail)
-
-
-def _rules(found: list[dlp.Finding]) -> str:
-    return ", ".join(dict.fromkeys(finding.rule for finding in found))
-
-
-def _paths(found: list[dlp.Finding], root: str) -> str:
-    return ", ".join(dict.fromkeys(finding.path for finding in found))[:200] or root
-
-
-def _digest(value: Any) -> str:
-    return hashlib.sha256(_canonical_arguments(value)).hexdigest()
-
-
-def _ms(started: float) -> float:
-    return (time.perf_counter() - started) * 1000

@@ -41,18 +41,28 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_gateway import __version__
 from mcp_gateway.audit.checkpoint import Checkpointer, Signer
-from mcp_gateway.audit.log import AuditEntry, AuditLog
+from mcp_gateway.audit.log import AuditEntry, AuditLog, new_request_id
+from mcp_gateway.backends import Backend, Backends
 from mcp_gateway.backends.http import HttpUpstream
 from mcp_gateway.breakglass import BreakGlass
 from mcp_gateway.config import Settings, origin_of
 from mcp_gateway.egress import guarded_get
 from mcp_gateway.errors import GatewayError, UnauthenticatedError, to_mcp_error
-from mcp_gateway.gateway import Gateway, new_request_id
+from mcp_gateway.gateway import Gateway
 from mcp_gateway.identity import JwtVerifier, Principal, load_jwks, principal_from
 from mcp_gateway.policy import PolicyEngine
 from mcp_gateway.telemetry import current_trace_id, setup_telemetry, tracer
 
-__all__ = ["TOKEN_ENV", "TOKEN_FILE_ENV", "build_app", "build_gateway", "build_server", "build_verifier", "serve_stdio"]
+__all__ = [
+    "TOKEN_ENV",
+    "TOKEN_FILE_ENV",
+    "build_app",
+    "build_backends",
+    "build_gateway",
+    "build_server",
+    "build_verifier",
+    "serve_stdio",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +82,19 @@ def build_verifier(settings: Settings) -> JwtVerifier:
     return JwtVerifier(settings.identity, keys)
 
 
+def build_backends(settings: Settings) -> Backends:
+    """One backend per kind of tool: REST (built now) and model (built on the first model call)."""
+    http = HttpUpstream(settings.egress)
+
+    def models() -> Backend:
+        # Imported on first use: importing the OpenAI client costs about a second of start-up.
+        from mcp_gateway.backends.model import ModelRouter
+
+        return ModelRouter(settings.egress)
+
+    return Backends({"http": lambda: http, "model": models})
+
+
 def build_gateway(settings: Settings) -> Gateway:
     """Load policy, catalogs and the audit trail; refuse to start if any of them cannot be established.
 
@@ -82,9 +105,7 @@ def build_gateway(settings: Settings) -> Gateway:
     policy = PolicyEngine(settings.policies_dir)
     audit = AuditLog(settings.database_url, durability=settings.audit.durability, max_batch=settings.audit.max_batch)
     breakglass = BreakGlass(settings.database_url, settings.breakglass, audit)
-    gateway = Gateway(
-        settings, audit=audit, policy=policy, upstream=HttpUpstream(settings.egress), breakglass=breakglass
-    )
+    gateway = Gateway(settings, audit=audit, policy=policy, backends=build_backends(settings), breakglass=breakglass)
     with tracer.start_as_current_span("gateway.start"):
         audit.record(
             AuditEntry(

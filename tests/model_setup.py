@@ -11,13 +11,13 @@ from typing import Any
 import yaml
 
 from mcp_gateway.audit.log import AuditLog
-from mcp_gateway.backends.http import HttpUpstream
 from mcp_gateway.backends.model import ModelRouter
 from mcp_gateway.config import Settings, load_settings
 from mcp_gateway.devkeys import ensure_dev_key
 from mcp_gateway.gateway import Gateway
 from mcp_gateway.identity import Principal
 from mcp_gateway.policy import PolicyEngine
+from mcp_gateway.server import build_backends
 from tests.conftest import ISSUER, ROOT
 
 ALICE = Principal("alice", ("support",), "internal", (), None, "test", 2**40)
@@ -91,12 +91,10 @@ def write_deployment(
 def build(config: Path, clock: Callable[[], float] | None = None) -> Gateway:
     settings: Settings = load_settings(config)
     router = ModelRouter(settings.egress, clock=clock) if clock else ModelRouter(settings.egress)
+    backends = build_backends(settings)
+    backends.use("model", router)
     return Gateway(
-        settings,
-        audit=AuditLog(settings.database_url),
-        policy=PolicyEngine(settings.policies_dir),
-        upstream=HttpUpstream(settings.egress),
-        models=router,
+        settings, audit=AuditLog(settings.database_url), policy=PolicyEngine(settings.policies_dir), backends=backends
     )
 
 

@@ -15,8 +15,9 @@ import pytest
 from mcp.client import Client
 from mcp.client._memory import InMemoryTransport
 
+from mcp_gateway.audit.log import new_request_id
 from mcp_gateway.config import EgressSettings
-from mcp_gateway.gateway import Gateway, new_request_id
+from mcp_gateway.gateway import Gateway
 from mcp_gateway.inventory import import_weights, load_inventory, verify_weights
 from mcp_gateway.server import build_server
 from tests.conftest import LlamaServer, free_port

@@ -29,11 +29,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from mcp_gateway.backends import BackendCall
 from mcp_gateway.backends.http import REQUEST_ID_HEADER, HttpUpstream
 from mcp_gateway.catalog import HttpBackend, ToolSpec, load_catalogs
 from mcp_gateway.config import EgressSettings
 from mcp_gateway.egress import EgressDeniedError
 from mcp_gateway.errors import InvalidArgumentsError, UnavailableError, UpstreamError
+from mcp_gateway.inventory import Inventory
 
 CAP = 1000  # max_response_bytes for the size tests
 TIMEOUT = 0.5  # the tool timeout for the deadline tests
@@ -275,6 +277,11 @@ async def client(upstream: Upstream, recorder: RawServer, liar: RawServer) -> As
 _ids = iter(range(1_000_000))
 
 
+async def call(http: HttpUpstream, tool: ToolSpec, arguments: dict[str, Any], rid: str) -> types.CallToolResult:
+    """One REST call through the backend protocol, as the gateway makes it."""
+    return (await http.call(tool, arguments, BackendCall(rid, Inventory()))).result
+
+
 def request_id() -> str:
     return f"req-{next(_ids)}-{time.monotonic_ns()}"
 
@@ -292,7 +299,7 @@ async def test_json_object_answer_becomes_structured_content(
 ) -> None:
     tool = make_tool(tmp_path, f"{upstream.url}/echo/fixed")
 
-    result = await client.call(tool, {}, request_id())
+    result = await call(client, tool, {}, request_id())
 
     assert result.is_error is False
     assert result.structured_content == {"raw_path": "/echo/fixed", "method": "GET"}
@@ -302,7 +309,7 @@ async def test_json_object_answer_becomes_structured_content(
 async def test_json_array_answer_is_wrapped_as_result(tmp_path: Path, upstream: Upstream, client: HttpUpstream) -> None:
     tool = make_tool(tmp_path, f"{upstream.url}/list")
 
-    result = await client.call(tool, {}, request_id())
+    result = await call(client, tool, {}, request_id())
 
     assert result.structured_content == {"result": [1, "two", None]}
 
@@ -310,7 +317,7 @@ async def test_json_array_answer_is_wrapped_as_result(tmp_path: Path, upstream: 
 async def test_text_answer_becomes_text_content_only(tmp_path: Path, upstream: Upstream, client: HttpUpstream) -> None:
     tool = make_tool(tmp_path, f"{upstream.url}/text")
 
-    result = await client.call(tool, {}, request_id())
+    result = await call(client, tool, {}, request_id())
 
     assert result.structured_content is None
     assert texts(result) == ["plain answer"]
@@ -321,7 +328,7 @@ async def test_text_answer_is_decoded_with_its_declared_charset(
 ) -> None:
     tool = make_tool(tmp_path, f"{upstream.url}/latin1")
 
-    result = await client.call(tool, {}, request_id())
+    result = await call(client, tool, {}, request_id())
 
     assert texts(result) == ["café"]
 
@@ -330,7 +337,7 @@ async def test_request_id_header_reaches_the_upstream(tmp_path: Path, upstream: 
     tool = make_tool(tmp_path, f"{upstream.url}/echo/id")
     rid = request_id()
 
-    await client.call(tool, {}, rid)
+    await call(client, tool, {}, rid)
 
     [seen] = upstream.requests(rid)
     assert seen.headers[REQUEST_ID_HEADER.lower()] == rid
@@ -369,7 +376,7 @@ async def test_path_argument_is_percent_encoded_as_one_segment(
     tool = make_tool(tmp_path, f"{upstream.url}/echo/{{item}}/tail")
     rid = request_id()
 
-    result = await client.call(tool, {"item": value}, rid)
+    result = await call(client, tool, {"item": value}, rid)
 
     [seen] = upstream.requests(rid)
     assert seen.raw_path == f"/echo/{segment}/tail".encode()
@@ -404,7 +411,7 @@ async def test_unplaceable_path_argument_is_refused_before_any_request(
     rid = request_id()
 
     with pytest.raises(InvalidArgumentsError) as info:
-        await client.call(tool, {"item": value}, rid)
+        await call(client, tool, {"item": value}, rid)
 
     assert info.value.code == "invalid_arguments"
     assert info.value.public_detail is not None
@@ -425,7 +432,7 @@ async def test_query_mapping_sends_scalars_lists_and_skips_absent_arguments(
     )
     rid = request_id()
 
-    await client.call(tool, {"text": "a b&c=d#e", "tags": ["x", "y/z"], "active": False, "limit": 3}, rid)
+    await call(client, tool, {"text": "a b&c=d#e", "tags": ["x", "y/z"], "active": False, "limit": 3}, rid)
 
     [seen] = upstream.requests(rid)
     assert seen.raw_path == b"/echo/search"
@@ -440,7 +447,7 @@ async def test_query_list_of_booleans_is_lower_case_like_a_single_boolean(
     tool = make_tool(tmp_path, f"{upstream.url}/echo/flags", query={"flag": "flags"})
     rid = request_id()
 
-    await client.call(tool, {"flags": [True, False]}, rid)
+    await call(client, tool, {"flags": [True, False]}, rid)
 
     [seen] = upstream.requests(rid)
     assert seen.query == [("flag", "true"), ("flag", "false")]
@@ -462,7 +469,7 @@ async def test_non_scalar_query_argument_is_refused_before_any_request(
     rid = request_id()
 
     with pytest.raises(InvalidArgumentsError) as info:
-        await client.call(tool, {"text": value}, rid)
+        await call(client, tool, {"text": value}, rid)
 
     assert info.value.code == "invalid_arguments"
     assert upstream.requests(rid) == []
@@ -480,7 +487,7 @@ async def test_body_mapping_sends_only_mapped_arguments_as_json(
     rid = request_id()
     arguments = {"customer": "c-1", "summary": "Printer on fire", "meta": {"tags": ["a"], "n": 1}}
 
-    result = await client.call(tool, {**arguments, "unmapped": "never sent"}, rid)
+    result = await call(client, tool, {**arguments, "unmapped": "never sent"}, rid)
 
     [seen] = upstream.requests(rid)
     assert seen.method == "POST"
@@ -497,7 +504,7 @@ async def test_static_headers_reach_the_upstream(tmp_path: Path, upstream: Upstr
     tool = make_tool(tmp_path, f"{upstream.url}/echo/h", headers={"X-Team": "crm", "Accept": "application/json"})
     rid = request_id()
 
-    await client.call(tool, {}, rid)
+    await call(client, tool, {}, rid)
 
     [seen] = upstream.requests(rid)
     assert seen.headers["x-team"] == "crm"
@@ -515,7 +522,7 @@ async def test_credential_from_env_reaches_the_upstream(
     tool = make_tool(tmp_path, f"{upstream.url}/echo/c", credential_env="TEST_UPSTREAM_KEY")
     rid = request_id()
 
-    await client.call(tool, {}, rid)
+    await call(client, tool, {}, rid)
 
     [seen] = upstream.requests(rid)
     assert seen.headers["authorization"] == "Bearer env-secret"
@@ -535,7 +542,7 @@ async def test_credential_from_file_reaches_the_upstream_in_its_own_header(
     )
     rid = request_id()
 
-    await client.call(tool, {}, rid)
+    await call(client, tool, {}, rid)
 
     [seen] = upstream.requests(rid)
     assert seen.headers["x-api-key"] == "file-secret"
@@ -554,7 +561,7 @@ async def test_missing_credential_env_is_unavailable_before_any_request(
     rid = request_id()
 
     with pytest.raises(UnavailableError) as info:
-        await client.call(tool, {}, rid)
+        await call(client, tool, {}, rid)
 
     assert info.value.code == "unavailable"
     assert upstream.requests(rid) == []
@@ -567,7 +574,7 @@ async def test_unreadable_credential_file_is_unavailable_before_any_request(
     rid = request_id()
 
     with pytest.raises(UnavailableError) as info:
-        await client.call(tool, {}, rid)
+        await call(client, tool, {}, rid)
 
     assert info.value.code == "unavailable"
     assert upstream.requests(rid) == []
@@ -583,7 +590,7 @@ async def test_hanging_upstream_fails_at_the_tool_timeout(
     started = time.monotonic()
 
     with pytest.raises(UpstreamError) as info:
-        await client.call(tool, {}, request_id())
+        await call(client, tool, {}, request_id())
 
     elapsed = time.monotonic() - started
     assert info.value.code == "upstream_failed"
@@ -599,7 +606,7 @@ async def test_dripping_upstream_fails_at_the_total_deadline_not_per_read(
     started = time.monotonic()
 
     with pytest.raises(UpstreamError) as info:
-        await client.call(tool, {}, request_id())
+        await call(client, tool, {}, request_id())
 
     elapsed = time.monotonic() - started
     assert info.value.code == "upstream_failed"
@@ -623,7 +630,7 @@ async def test_answer_larger_than_the_cap_fails(
     tool = make_tool(tmp_path, f"{upstream.url}{path}", max_response_bytes=CAP)
 
     with pytest.raises(UpstreamError) as info:
-        await client.call(tool, {}, request_id())
+        await call(client, tool, {}, request_id())
 
     assert info.value.code == "upstream_failed"
     assert info.value.__cause__ is None  # the cap tripped; not a transport or decoding failure
@@ -639,7 +646,7 @@ async def test_compressed_answer_is_refused_even_when_small_on_the_wire(
     rid = request_id()
 
     with pytest.raises(UpstreamError) as info:
-        await client.call(tool, {}, rid)
+        await call(client, tool, {}, rid)
 
     assert info.value.code == "upstream_failed"
     assert "Content-Encoding" in str(info.value)
@@ -661,7 +668,7 @@ async def test_answer_whose_framing_lies_cannot_exceed_the_cap(
     tool = make_tool(tmp_path, f"{liar.url}{path}", max_response_bytes=CAP)
 
     with pytest.raises(UpstreamError) as info:
-        await client.call(tool, {}, request_id())
+        await call(client, tool, {}, request_id())
 
     assert info.value.code == "upstream_failed"
     assert info.value.__cause__ is None  # the cap tripped; not a transport or decoding failure
@@ -670,7 +677,7 @@ async def test_answer_whose_framing_lies_cannot_exceed_the_cap(
 async def test_answer_at_exactly_the_cap_is_accepted(tmp_path: Path, upstream: Upstream, client: HttpUpstream) -> None:
     tool = make_tool(tmp_path, f"{upstream.url}/big", max_response_bytes=CAP * 5)
 
-    result = await client.call(tool, {}, request_id())
+    result = await call(client, tool, {}, request_id())
 
     assert texts(result) == ["x" * (CAP * 5)]
 
@@ -695,7 +702,7 @@ async def test_bad_answer_fails_as_upstream_error(
     rid = request_id()
 
     with pytest.raises(UpstreamError) as info:
-        await client.call(tool, {}, rid)
+        await call(client, tool, {}, rid)
 
     assert info.value.code == "upstream_failed"
     assert isinstance(info.value.__cause__, cause)
@@ -711,7 +718,7 @@ async def test_redirect_is_not_followed_and_is_an_upstream_failure(
     rid = request_id()
 
     with pytest.raises(UpstreamError) as info:
-        await client.call(tool, {}, rid)
+        await call(client, tool, {}, rid)
 
     assert info.value.code == "upstream_failed"
     assert len(upstream.requests(rid)) == 1
@@ -728,7 +735,7 @@ async def test_url_off_the_allowlist_fails_without_connecting(tmp_path: Path, up
         http = HttpUpstream(EgressSettings(allow=(upstream.url,)))
         try:
             with pytest.raises(UpstreamError) as info:
-                await http.call(tool, {}, request_id())
+                await call(http, tool, {}, request_id())
         finally:
             await http.aclose()
 
@@ -749,7 +756,7 @@ async def test_proxy_environment_variables_are_ignored(
         http = HttpUpstream(EgressSettings(allow=(upstream.url,)))
         rid = request_id()
         try:
-            result = await http.call(tool, {}, rid)
+            result = await call(http, tool, {}, rid)
         finally:
             await http.aclose()
 
@@ -761,12 +768,12 @@ async def test_proxy_environment_variables_are_ignored(
 def test_only_json_media_types_are_parsed_as_json() -> None:
     import httpx
 
-    from mcp_gateway.backends.http import _result
+    from mcp_gateway.backends.http import parse_answer
 
     ndjson = httpx.Response(200, headers={"content-type": "application/x-ndjson"}, content=b'{"a":1}\n{"a":2}\n')
     problem = httpx.Response(200, headers={"content-type": "application/problem+json"}, content=b'{"title":"x"}')
-    assert _result("t", ndjson, ndjson.content).structured_content is None
-    assert _result("t", problem, problem.content).structured_content == {"title": "x"}
+    assert parse_answer("t", ndjson, ndjson.content).structured_content is None
+    assert parse_answer("t", problem, problem.content).structured_content == {"title": "x"}
 
 
 @pytest.mark.parametrize(
@@ -779,9 +786,9 @@ def test_only_json_media_types_are_parsed_as_json() -> None:
 def test_unparseable_json_from_upstream_is_an_upstream_error(body: bytes) -> None:
     import httpx
 
-    from mcp_gateway.backends.http import _result
+    from mcp_gateway.backends.http import parse_answer
 
     response = httpx.Response(200, headers={"content-type": "application/json"}, content=body)
     with pytest.raises(UpstreamError) as info:
-        _result("t", response, body)
+        parse_answer("t", response, body)
     assert info.value.code == "upstream_failed"

@@ -27,6 +27,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, fields
@@ -50,6 +51,7 @@ __all__ = [
     "AuditRecord",
     "Durability",
     "create_tables",
+    "new_request_id",
     "record_hash",
 ]
 
@@ -133,6 +135,11 @@ class AuditEntry:
 
 
 _ENTRY_FIELDS = tuple(item.name for item in fields(AuditEntry))
+
+
+def new_request_id() -> str:
+    """A fresh request id: the key that joins a request's rows in the trail."""
+    return uuid.uuid4().hex
 
 
 @dataclass(slots=True)

@@ -20,13 +20,14 @@ import httpx
 import mcp_types as types
 from opentelemetry.trace import Span, SpanKind
 
+from mcp_gateway.backends import Answer, BackendCall
 from mcp_gateway.catalog import HttpBackend, ToolSpec
 from mcp_gateway.config import EgressSettings
 from mcp_gateway.egress import EgressDeniedError, guarded_async_client
 from mcp_gateway.errors import GatewayError, InvalidArgumentsError, UnavailableError, UpstreamError
 from mcp_gateway.telemetry import fail_span, inject_traceparent, tracer
 
-__all__ = ["REQUEST_ID_HEADER", "HttpUpstream"]
+__all__ = ["REQUEST_ID_HEADER", "HttpUpstream", "parse_answer"]
 
 REQUEST_ID_HEADER = "X-Request-Id"
 _SCALARS = (str, int, float, bool)
@@ -115,7 +116,11 @@ class HttpUpstream:
             headers["Content-Type"] = "application/json"
         return self._client.build_request(backend.method, url, params=params, headers=headers, content=content)
 
-    async def call(self, tool: ToolSpec, arguments: Mapping[str, Any], request_id: str) -> types.CallToolResult:
+    def describe(self, tool: ToolSpec) -> dict[str, Any]:
+        backend = _http_backend(tool)
+        return {"type": "http", "method": backend.method, "url": backend.url}
+
+    async def call(self, tool: ToolSpec, arguments: Mapping[str, Any], call: BackendCall) -> Answer:
         """Make the tool's request and turn the answer into a tool result.
 
         Raises:
@@ -125,7 +130,7 @@ class HttpUpstream:
                 more than ``max_response_bytes``.
         """
         backend = _http_backend(tool)
-        request = self.build_request(tool, arguments, request_id)
+        request = self.build_request(tool, arguments, call.request_id)
         # A CLIENT child span where the time goes; its name and attributes carry the URL template, never the
         # filled-in URL (path and query hold arguments).
         attributes: dict[str, str | int] = {
@@ -139,7 +144,7 @@ class HttpUpstream:
         ) as span:
             inject_traceparent(request.headers)
             try:
-                return await self._send(tool, request, span)
+                return Answer(await self._send(tool, request, span))
             except GatewayError as exc:
                 fail_span(span, exc.code)
                 raise
@@ -165,7 +170,7 @@ class HttpUpstream:
         if not response.is_success:
             # 3xx included: redirects are never followed, and a redirect's body is not the tool's answer.
             raise UpstreamError(f"{tool.name}: upstream answered HTTP {response.status_code}")
-        return _result(tool.name, response, bytes(body))
+        return parse_answer(tool.name, response, bytes(body))
 
 
 def _http_backend(tool: ToolSpec) -> HttpBackend:
@@ -174,7 +179,12 @@ def _http_backend(tool: ToolSpec) -> HttpBackend:
     return tool.backend
 
 
-def _result(tool: str, response: httpx.Response, body: bytes) -> types.CallToolResult:
+def parse_answer(tool: str, response: httpx.Response, body: bytes) -> types.CallToolResult:
+    """Turn a REST answer into a tool result: the text always, structured content when the body is JSON.
+
+    Raises:
+        UpstreamError: the body is not text in its declared encoding, or declared JSON that does not parse.
+    """
     try:
         text = body.decode(response.encoding or "utf-8")
     except (UnicodeDecodeError, LookupError) as exc:

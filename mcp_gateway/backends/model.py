@@ -19,9 +19,8 @@ import json
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,17 +32,16 @@ from openai import AsyncOpenAI, omit
 from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
+from mcp_gateway.backends import Answer, BackendCall, ProgressFn
 from mcp_gateway.backends.breaker import CircuitBreaker
 from mcp_gateway.catalog import ModelBackend, ToolSpec
 from mcp_gateway.config import EgressSettings
 from mcp_gateway.egress import Resolver, guarded_httpx2_client
 from mcp_gateway.errors import InvalidArgumentsError, ModelEndpointError, ModelUnavailableError, UpstreamError
-from mcp_gateway.inventory import BreakerSettings, Inventory, ModelEntry
+from mcp_gateway.inventory import BreakerSettings, ModelEntry
 from mcp_gateway.telemetry import fail_span, inject_traceparent, model_span, record_usage
 
-__all__ = ["ModelOutcome", "ModelRouter", "ProgressFn", "map_openai_errors", "render_prompt"]
-
-ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
+__all__ = ["ModelRouter", "map_openai_errors", "render_prompt"]
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _RANGES: dict[str, tuple[float, float]] = {
@@ -54,14 +52,6 @@ _RANGES: dict[str, tuple[float, float]] = {
 }
 _MAX_STOP = 4
 _SAMPLING = ("temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty")
-
-
-@dataclass(frozen=True, slots=True)
-class ModelOutcome:
-    """A model tool's result and what the audit row records about it (model, fallbacks, token usage)."""
-
-    result: types.CallToolResult
-    detail: dict[str, Any]
 
 
 @contextmanager
@@ -196,14 +186,11 @@ class ModelRouter:
             self._clients[key] = client
         return client
 
-    async def call(
-        self,
-        tool: ToolSpec,
-        inventory: Inventory,
-        arguments: Mapping[str, Any],
-        request_id: str,
-        progress: ProgressFn | None = None,
-    ) -> ModelOutcome:
+    def describe(self, tool: ToolSpec) -> dict[str, Any]:
+        backend = _model_backend(tool)
+        return {"type": "model", "model": backend.model, "operation": backend.operation}
+
+    async def call(self, tool: ToolSpec, arguments: Mapping[str, Any], call: BackendCall) -> Answer:
         """Call the tool's model, failing over along its approved fallbacks.
 
         Raises:
@@ -211,9 +198,8 @@ class ModelRouter:
             UpstreamError: the endpoint refused the request (4xx); no fail-over.
             ModelUnavailableError: every approved model in the chain is down or failed.
         """
-        backend = tool.backend
-        if not isinstance(backend, ModelBackend):
-            raise TypeError(f"{tool.name} is not a model tool")
+        backend = _model_backend(tool)
+        inventory, request_id, progress = call.inventory, call.request_id, call.progress
         prompt = render_prompt(backend.prompt, arguments)
         attempts: list[dict[str, str]] = []
         for entry in inventory.chain(backend.model, tool.catalog):
@@ -253,7 +239,7 @@ class ModelRouter:
             }
             if attempts:
                 detail["failed_over"] = attempts
-            return ModelOutcome(result, detail)
+            return Answer(result, detail)
         tried = "; ".join(f"{item['model']}: {item['error']}" for item in attempts) or "none approved"
         raise ModelUnavailableError(f"{tool.name}: no approved model answered ({tried})")
 
@@ -338,6 +324,12 @@ async def _consume(
     finally:
         await stream.close()
     return _text_result(entry, "".join(parts), finish, usage)
+
+
+def _model_backend(tool: ToolSpec) -> ModelBackend:
+    if not isinstance(tool.backend, ModelBackend):
+        raise TypeError(f"{tool.name} is not a model tool")
+    return tool.backend
 
 
 def _text_result(
