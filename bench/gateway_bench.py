@@ -26,7 +26,8 @@ from mcp_gateway.audit.log import new_request_id
 from mcp_gateway.config import load_settings
 from mcp_gateway.gateway import Gateway
 from mcp_gateway.identity import Principal
-from mcp_gateway.server import build_gateway, build_server
+from mcp_gateway.server import build_gateway
+from mcp_gateway.transports.handlers import build_server
 
 CATALOG_TOOLS = 1_000
 ARGUMENTS = {"message": "hello from the benchmark"}

@@ -32,7 +32,7 @@ from mcp.client._memory import InMemoryTransport  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from mcp_gateway.server import build_server  # noqa: E402
+from mcp_gateway.transports.handlers import build_server  # noqa: E402
 from tests.conftest import free_port, gemma_gguf, stop, wait_http  # noqa: E402
 from tests.model_setup import ALICE, build, close, model, model_tool, write_deployment  # noqa: E402
 

@@ -19,7 +19,7 @@ from mcp_gateway.audit.log import new_request_id
 from mcp_gateway.config import EgressSettings
 from mcp_gateway.gateway import Gateway
 from mcp_gateway.inventory import import_weights, load_inventory, verify_weights
-from mcp_gateway.server import build_server
+from mcp_gateway.transports.handlers import build_server
 from tests.conftest import LlamaServer, free_port
 from tests.model_setup import ALICE, build, close, model, model_tool, write_deployment
 

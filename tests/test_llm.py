@@ -22,7 +22,7 @@ from mcp_gateway.catalog import load_catalogs
 from mcp_gateway.config import EgressSettings
 from mcp_gateway.errors import ConfigError
 from mcp_gateway.gateway import Gateway
-from mcp_gateway.server import build_server
+from mcp_gateway.transports.handlers import build_server
 from tests.fault_model import REPLY, FaultServer, running_fault_server
 from tests.model_setup import ALICE, build, close, model, model_tool, write_deployment
 from tests.test_upstream import RawServer

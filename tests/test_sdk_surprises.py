@@ -15,7 +15,8 @@ from mcp.shared.exceptions import MCPError
 from mcp_gateway.config import load_settings
 from mcp_gateway.gateway import Gateway
 from mcp_gateway.identity import Principal
-from mcp_gateway.server import build_gateway, build_server
+from mcp_gateway.server import build_gateway
+from mcp_gateway.transports.handlers import build_server
 from tests.conftest import Deployment
 
 MODES = ["legacy", "2026-07-28"]

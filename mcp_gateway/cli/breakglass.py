@@ -46,7 +46,7 @@ def _fail(message: str, code: int) -> NoReturn:
 
 @contextmanager
 def _session(config: Path | None, token_file: Path | None) -> Iterator[tuple[Settings, BreakGlass, Principal]]:
-    from mcp_gateway.server import stdio_principal
+    from mcp_gateway.transports.stdio import stdio_principal
 
     try:
         settings = load_settings(config)

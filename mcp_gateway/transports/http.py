@@ -1,0 +1,160 @@
+"""Streamable HTTP (``/mcp``) and SSE (``/sse``, ``/messages/``) on one Starlette app, an OAuth 2.1 resource server.
+
+Every MCP route needs a valid bearer token (401 with ``WWW-Authenticate`` and RFC 9728 metadata otherwise); a
+browser ``Origin`` that is not allowed is refused with 403 before authentication; the ``Host`` header is checked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+from mcp.server.auth.middleware.auth_context import AuthContextMiddleware, get_access_token
+from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend, RequireAuthMiddleware
+from mcp.server.auth.routes import build_resource_metadata_url
+from mcp.server.lowlevel import Server
+from mcp.server.sse import SseServerTransport
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+from pydantic import AnyHttpUrl
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from mcp_gateway.audit.checkpoint import Checkpointer
+from mcp_gateway.config import Settings, origin_of
+from mcp_gateway.errors import UnauthenticatedError
+from mcp_gateway.gateway import Gateway
+from mcp_gateway.identity import JwtVerifier, Principal, principal_from
+from mcp_gateway.transports.background import checkpointing, reloading
+from mcp_gateway.transports.handlers import build_server
+
+__all__ = ["OriginGuard", "build_app", "http_principal"]
+
+
+def http_principal() -> Principal:
+    """The principal of the HTTP request being served (set by the bearer-auth middleware)."""
+    token = get_access_token()
+    if token is None:
+        raise UnauthenticatedError("no verified token on this HTTP request")
+    return principal_from(token)
+
+
+class OriginGuard:
+    """Refuse a browser ``Origin`` that is not allowed, before authentication (403), on every route."""
+
+    def __init__(self, app: ASGIApp, allowed: frozenset[str]) -> None:
+        self.app = app
+        self.allowed = allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            origins = [value for name, value in scope["headers"] if name == b"origin"]
+            # Browsers send one Origin; several are refused rather than letting one of them be picked.
+            if len(origins) > 1 or (origins and not self._allowed(origins[0].decode("latin-1"))):
+                await PlainTextResponse("Origin not allowed", status_code=403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _allowed(self, origin: str) -> bool:
+        try:
+            return origin_of(origin) in self.allowed
+        except ValueError:
+            return False
+
+
+class _SseEndpoint:
+    """GET /sse: one SSE connection served by the MCP server loop."""
+
+    def __init__(self, server: Server[Any], transport: SseServerTransport) -> None:
+        self.server = server
+        self.transport = transport
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                streams = await stack.enter_async_context(self.transport.connect_sse(scope, receive, send))
+            except ValueError:
+                return  # the SDK already answered 403/421 for a bad Host or Origin
+            read_stream, write_stream = streams
+            await self.server.run(read_stream, write_stream, self.server.create_initialization_options())
+
+
+def _security(settings: Settings) -> tuple[TransportSecuritySettings, frozenset[str]]:
+    http = settings.http
+    base = urlsplit(http.base_url)
+    hosts = {f"{http.host}:{http.port}", base.netloc, "127.0.0.1:*", "localhost:*", "[::1]:*"}
+    origins = {origin_of(http.base_url), *(origin_of(origin) for origin in http.allowed_origins)}
+    if http.host in ("127.0.0.1", "localhost", "::1"):
+        origins |= {f"http://127.0.0.1:{http.port}", f"http://localhost:{http.port}"}
+    security = TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=sorted(hosts),
+        allowed_origins=sorted(origins),
+    )
+    return security, frozenset(origins)
+
+
+def build_app(
+    settings: Settings, gateway: Gateway, verifier: JwtVerifier, checkpointer: Checkpointer | None = None
+) -> Starlette:
+    """One Starlette app: ``/mcp`` (streamable HTTP), ``/sse`` + ``/messages/`` (SSE), RFC 9728 metadata,
+    ``/healthz`` and ``/readyz``. Every MCP route requires a valid bearer token."""
+    server = build_server(gateway, http_principal)
+    security, origins = _security(settings)
+    manager = StreamableHTTPSessionManager(app=server, security_settings=security)
+    sse = SseServerTransport("/messages/", security_settings=security)
+    # identity.audience is validated as a normalised http(s) URL: the resource tokens are issued for.
+    resource = settings.identity.audience
+    metadata_url = build_resource_metadata_url(AnyHttpUrl(resource))
+    servers = settings.http.authorization_servers or (settings.identity.issuer,)
+
+    def guard(app: ASGIApp) -> ASGIApp:
+        return RequireAuthMiddleware(app, required_scopes=[], resource_metadata_url=metadata_url)
+
+    # RFC 9728 metadata, written out rather than through the SDK's helper: its URL type appends "/" to bare
+    # origins, and a resource or issuer that differs by one character from what tokens carry breaks clients.
+    metadata = {
+        "resource": resource,
+        "authorization_servers": list(servers),
+        "bearer_methods_supported": ["header"],
+        "resource_name": "mcp-gateway",
+    }
+
+    async def protected_resource_metadata(request: Request) -> JSONResponse:
+        return JSONResponse(metadata, headers={"Cache-Control": "public, max-age=3600"})
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> JSONResponse:
+        ready, reason = gateway.ready()
+        return JSONResponse({"status": "ready" if ready else "unavailable", "reason": reason}, 200 if ready else 503)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        interval = settings.audit.checkpoint_interval
+        async with manager.run(), reloading(gateway), checkpointing(checkpointer, interval):
+            yield
+        await gateway.aclose()
+
+    routes: list[Route | Mount] = [
+        Route("/mcp", endpoint=guard(StreamableHTTPASGIApp(manager))),
+        Route("/sse", endpoint=guard(_SseEndpoint(server, sse)), methods=["GET"]),
+        Mount("/messages/", app=guard(sse.handle_post_message)),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route(urlsplit(str(metadata_url)).path, protected_resource_metadata, methods=["GET", "OPTIONS"]),
+    ]
+    middleware = [
+        Middleware(OriginGuard, allowed=origins),
+        Middleware(AuthenticationMiddleware, backend=BearerAuthBackend(verifier)),
+        Middleware(AuthContextMiddleware),
+    ]
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
