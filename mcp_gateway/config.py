@@ -8,9 +8,9 @@ working directory.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -18,6 +18,8 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, 
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from mcp_gateway.errors import ConfigError
+
+FileModelT = TypeVar("FileModelT", bound=BaseModel)
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -29,6 +31,7 @@ __all__ = [
     "Settings",
     "TelemetrySettings",
     "load_settings",
+    "read_yaml_file",
 ]
 
 DEFAULT_CONFIG = "mcp-gateway.yaml"
@@ -325,6 +328,25 @@ def _check_environment(environ: Mapping[str, str]) -> None:
             model = fields[part].annotation
         if getattr(model, "model_fields", None) is not None:
             raise ConfigError(f"environment: {name} names a section; set its keys with __")
+
+
+def read_yaml_file(
+    path: Path, model: type[FileModelT], describe: Callable[[ValidationError], str] | None = None
+) -> tuple[FileModelT, bytes]:
+    """Read and strictly validate one YAML file of the configuration; returns the model and the raw bytes.
+
+    Raises:
+        ConfigError: the file is unreadable, not YAML, or invalid; the message names the file and the key.
+    """
+    try:
+        raw = path.read_bytes()
+        return model.model_validate(yaml.safe_load(raw)), raw
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {(describe or describe_validation_error)(exc)}") from exc
 
 
 def describe_validation_error(exc: ValidationError) -> str:

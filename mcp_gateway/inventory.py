@@ -12,7 +12,6 @@ verification" path). ``mcp-gateway models verify`` re-hashes what is there.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -23,10 +22,10 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 from urllib.parse import urlsplit
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mcp_gateway.config import EgressSettings, describe_validation_error
+from mcp_gateway.canonical import digest
+from mcp_gateway.config import EgressSettings, read_yaml_file
 from mcp_gateway.errors import ConfigError
 
 __all__ = [
@@ -165,15 +164,7 @@ def load_inventory(path: Path, egress: EgressSettings) -> Inventory:
     """
     if not path.exists():
         return Inventory()
-    try:
-        raw = path.read_bytes()
-        parsed = _InventoryFile.model_validate(yaml.safe_load(raw))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    except ValidationError as exc:
-        raise ConfigError(f"{path}: {describe_validation_error(exc)}") from exc
+    parsed, raw = read_yaml_file(path, _InventoryFile)
     entries: dict[str, ModelEntry] = {}
     for index, entry in enumerate(parsed.models):
         if entry.name in entries:
@@ -206,8 +197,7 @@ def _check_fallback(path: Path, index: int, entry: ModelEntry, entries: Mapping[
 
 def entry_digest(entry: ModelEntry) -> str:
     """A digest of one entry, pinned into the digest of every tool that uses it."""
-    canonical = json.dumps(entry.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return digest(entry.model_dump(mode="json"))
 
 
 # -- weights -------------------------------------------------------------------------------------------------

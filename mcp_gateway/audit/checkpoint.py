@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from mcp_gateway.audit.log import AuditLog
+from mcp_gateway.canonical import canonical_json
 from mcp_gateway.errors import ConfigError, GatewayError
 
 __all__ = ["CHECKPOINT_FIELDS", "Checkpointer", "Signer", "checkpoint_valid", "load_public_key", "read_checkpoint_file"]
@@ -50,7 +51,7 @@ def key_id(public_key: Ed25519PublicKey) -> str:
 
 def _message(record_id: int, record_hash: str, ts: str, kid: str) -> bytes:
     body = {"key_id": kid, "record_hash": record_hash, "record_id": record_id, "ts": ts}
-    return _DOMAIN + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return _DOMAIN + canonical_json(body)
 
 
 class Signer:

@@ -8,22 +8,20 @@ visible (rug-pull protection).
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 import jsonschema
 import mcp_types as types
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from mcp_gateway.config import EgressSettings
+from mcp_gateway.canonical import digest as canonical_digest
+from mcp_gateway.catalog.specs import HttpBackend, ModelBackend, SpecModel
+from mcp_gateway.config import EgressSettings, read_yaml_file
 from mcp_gateway.dlp import Action
 from mcp_gateway.errors import ConfigError
 from mcp_gateway.inventory import INVENTORY_FILE, Inventory, entry_digest, load_inventory
@@ -31,12 +29,10 @@ from mcp_gateway.ratelimit import RateSpec, parse_rate
 
 __all__ = [
     "CATALOG_NAME",
-    "MODEL_PARAMETERS",
     "PARTNER_CATALOGS",
+    "RESERVED_FILES",
     "TOOL_NAME",
     "CatalogSet",
-    "HttpBackend",
-    "ModelBackend",
     "ToolSpec",
     "catalog_fingerprint",
     "load_catalogs",
@@ -46,102 +42,7 @@ __all__ = [
 # simply unknown; the catalog loader refuses such names outright.
 TOOL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 CATALOG_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_HEADER_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
-_HEADER_VALUE = re.compile(r"[\x20-\x7e\t]*")
-# Headers that frame or route the request: set by the HTTP client only, never by a catalog.
-_RESERVED_HEADERS = frozenset(
-    {
-        "host",
-        "content-length",
-        "transfer-encoding",
-        "connection",
-        "te",
-        "upgrade",
-        "trailer",
-        "keep-alive",
-        "proxy-authorization",
-        "proxy-connection",
-        "accept-encoding",
-    }
-)
-
-
-def _check_header_name(name: str) -> None:
-    if not _HEADER_TOKEN.fullmatch(name):
-        raise ValueError(f"header name {name!r} is not an HTTP token")
-    if name.lower() in _RESERVED_HEADERS:
-        raise ValueError(f"header {name!r} is set by the gateway's HTTP client, not by a catalog")
-
-
 RESERVED_FILES = frozenset({INVENTORY_FILE})
-
-
-class _FileModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class HttpBackend(_FileModel):
-    """A templated request to an in-boundary REST API, made with server-side credentials only."""
-
-    type: Literal["http"]
-    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "GET"
-    url: str = Field(
-        description="Path placeholders {arg} are filled with the argument, percent-encoded as one segment."
-    )
-    query: dict[str, str] = Field(default_factory=dict, description="query parameter -> argument name")
-    body: dict[str, str] = Field(default_factory=dict, description="JSON body field -> argument name")
-    headers: dict[str, str] = Field(default_factory=dict, description="Static headers; never filled from arguments.")
-    credential_env: str | None = Field(default=None, description="Environment variable holding the backend secret.")
-    credential_file: Path | None = Field(default=None, description="File holding the backend secret.")
-    credential_header: str = "Authorization"
-    credential_scheme: str = "Bearer"
-    timeout: float = Field(default=10.0, gt=0, le=300)
-    max_response_bytes: int = Field(default=1_048_576, gt=0, le=64 * 1_048_576)
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an absolute http(s) URL")
-        if parts.username is not None or parts.password is not None:
-            raise ValueError("must not carry credentials; use credential_env or credential_file")
-        if _PLACEHOLDER.search(parts.netloc) or _PLACEHOLDER.search(parts.query) or parts.fragment:
-            raise ValueError("placeholders are allowed in the path only; use `query` for query parameters")
-        return value
-
-    @field_validator("headers")
-    @classmethod
-    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, content in value.items():
-            _check_header_name(name)
-            if not _HEADER_VALUE.fullmatch(content):
-                raise ValueError(f"header {name!r}: value must be visible ASCII, spaces and tabs")
-        return value
-
-    @field_validator("credential_header")
-    @classmethod
-    def _credential_header(cls, value: str) -> str:
-        _check_header_name(value)
-        return value
-
-    @field_validator("credential_scheme")
-    @classmethod
-    def _credential_scheme(cls, value: str) -> str:
-        if value and not _HEADER_TOKEN.fullmatch(value):
-            raise ValueError("must be an HTTP token such as Bearer, or empty")
-        return value
-
-    @model_validator(mode="after")
-    def _one_credential(self) -> HttpBackend:
-        if self.credential_env and self.credential_file:
-            raise ValueError("set at most one of credential_env and credential_file")
-        return self
-
-    @functools.cached_property
-    def path_arguments(self) -> tuple[str, ...]:
-        return tuple(_PLACEHOLDER.findall(urlsplit(self.url).path))
 
 
 def _check_rate(value: str | None) -> str | None:
@@ -154,47 +55,7 @@ def _check_rate(value: str | None) -> str | None:
 PARTNER_CATALOGS = frozenset({"partner"})
 
 
-# Knobs a catalog may let callers set on a model call; everything else (the endpoint, headers, the served model,
-# engine-specific extra_body) is the gateway's alone.
-MODEL_PARAMETERS = frozenset(
-    {"temperature", "top_p", "max_tokens", "seed", "stop", "presence_penalty", "frequency_penalty"}
-)
-
-
-class ModelBackend(_FileModel):
-    """A call to an approved model from ``models.yaml``, by inventory name."""
-
-    type: Literal["model"]
-    model: str = Field(min_length=1, description="An entry's name in models.yaml.")
-    operation: Literal["chat", "completion", "embeddings"] = "chat"
-    system_prompt: str | None = Field(default=None, max_length=65_536)
-    prompt: str = Field(
-        min_length=1, max_length=65_536, description="Template; {arg} is replaced by the tool argument `arg`."
-    )
-    parameters: tuple[str, ...] = Field(
-        default=(), description="Caller-settable knobs, taken from arguments of the same name when present."
-    )
-
-    @field_validator("parameters")
-    @classmethod
-    def _parameters(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = sorted(set(value) - MODEL_PARAMETERS)
-        if unknown:
-            raise ValueError(f"not caller-settable: {unknown}; choose from {sorted(MODEL_PARAMETERS)}")
-        return value
-
-    @model_validator(mode="after")
-    def _operation(self) -> ModelBackend:
-        if self.operation == "embeddings" and (self.parameters or self.system_prompt):
-            raise ValueError("embeddings take neither parameters nor a system_prompt")
-        return self
-
-    @property
-    def prompt_arguments(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(_PLACEHOLDER.findall(self.prompt)))
-
-
-class _ToolModel(_FileModel):
+class _ToolModel(SpecModel):
     name: str
     title: str | None = None
     description: str = Field(min_length=1)
@@ -266,7 +127,7 @@ class _ToolModel(_FileModel):
         return self
 
 
-class _CatalogFile(_FileModel):
+class _CatalogFile(SpecModel):
     rate_limit: str | None = Field(default=None, description="Default per subject and tool, e.g. 60/minute.")
     dlp: Action | None = Field(default=None, description="Default DLP action; partner catalogs default to block.")
     tools: list[_ToolModel]
@@ -308,10 +169,6 @@ class CatalogSet:
         return {name: tuple(tools) for name, tools in self.catalogs.items()}
 
 
-def _digest(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
 def _tool_spec(
     catalog: str, model: _ToolModel, defaults: _CatalogFile | None = None, pinned: Mapping[str, str] | None = None
 ) -> ToolSpec:
@@ -325,7 +182,7 @@ def _tool_spec(
     published = definition.model_dump(mode="json", by_alias=True, exclude_none=True)
     # A model tool's digest covers the inventory entries it may reach: a changed endpoint, served model or
     # version is a changed tool.
-    digest = _digest({"tool": published, "backend": model.backend.model_dump(mode="json"), **(pinned or {})})
+    digest = canonical_digest({"tool": published, "backend": model.backend.model_dump(mode="json"), **(pinned or {})})
     validator = jsonschema.Draft202012Validator(model.input_schema, format_checker=jsonschema.FormatChecker())
     rate = model.rate_limit or (defaults.rate_limit if defaults else None)
     dlp: Action = (
@@ -379,15 +236,7 @@ def load_catalogs(catalogs_dir: Path, egress: EgressSettings) -> CatalogSet:
         name = path.stem
         if not CATALOG_NAME.fullmatch(name):
             raise ConfigError(f"{path}: catalog names are lower-case letters, digits, _ and -")
-        try:
-            raw = path.read_bytes()
-            parsed = _CatalogFile.model_validate(yaml.safe_load(raw))
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        except ValidationError as exc:
-            raise ConfigError(f"{path}: {_describe(exc)}") from exc
+        parsed, raw = read_yaml_file(path, _CatalogFile, _describe)
         tools: dict[str, ToolSpec] = {}
         for index, model in enumerate(parsed.tools):
             if model.name in tools:
@@ -410,7 +259,7 @@ def load_catalogs(catalogs_dir: Path, egress: EgressSettings) -> CatalogSet:
         raise ConfigError(f"catalogs_dir: {catalogs_dir} holds no catalog (*.yaml)")
     if inventory.digest:
         digests[INVENTORY_FILE] = inventory.digest
-    return CatalogSet(catalogs=catalogs, version=_digest(digests), models=inventory)
+    return CatalogSet(catalogs=catalogs, version=canonical_digest(digests), models=inventory)
 
 
 def _describe(exc: ValidationError) -> str:
