@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Mapping
 from contextlib import suppress
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import mcp_types as types
@@ -32,7 +32,8 @@ from mcp_gateway import limits
 from mcp_gateway.audit.log import AuditEntry, AuditLog
 from mcp_gateway.backends import BackendCall, Backends, ProgressFn
 from mcp_gateway.breakglass import BreakGlass
-from mcp_gateway.catalog import TOOL_NAME, CatalogSet, ToolSpec
+from mcp_gateway.call import CALL, RESULT, CallRecord, caller_detail, span_attributes
+from mcp_gateway.catalog import CatalogSet, ToolSpec
 from mcp_gateway.config import Settings
 from mcp_gateway.errors import (
     CallError,
@@ -47,65 +48,13 @@ from mcp_gateway.identity import Principal
 from mcp_gateway.policy import PolicyEngine, PolicySnapshot
 from mcp_gateway.ratelimit import RateLimiter
 from mcp_gateway.reload import Reloader, ReloadReport
-from mcp_gateway.telemetry import (
-    ATTR_ARGS_DIGEST,
-    ATTR_CATALOG,
-    ATTR_DECISION,
-    ATTR_POLICY_VERSION,
-    ATTR_REQUEST_ID,
-    ATTR_RULE,
-    ATTR_SUBJECT,
-    ATTR_TOOL_DIGEST,
-    CallTimer,
-    current_span_id,
-    current_trace_id,
-)
+from mcp_gateway.telemetry import current_trace_id
 
 __all__ = ["Gateway"]
 
 logger = logging.getLogger(__name__)
 
 _VISIBLE_CACHE_SIZE = 4096
-
-CALL = "tools/call"
-RESULT = "tools/call.result"
-
-
-def _audited_name(name: str) -> str:
-    """The tool name as the trail records it: a caller-chosen name that cannot name a tool is not stored
-    verbatim (it could be megabytes, or carry terminal escapes), only a digest of it."""
-    if TOOL_NAME.fullmatch(name):
-        return name
-    return "invalid:" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-
-
-def _caller_detail(principal: Principal, name: str | None = None, span_id: str | None = None) -> dict[str, Any] | None:
-    detail: dict[str, Any] = {}
-    if span_id:
-        detail["span_id"] = span_id
-    if principal.token_id:
-        detail["token_id"] = principal.token_id
-    if principal.amr:
-        detail["amr"] = list(principal.amr)
-    if name is not None and not TOOL_NAME.fullmatch(name):
-        detail["name_preview"] = ascii(name[:64])
-    return detail or None
-
-
-@dataclass(slots=True)
-class _Call:
-    """One ``tools/call`` in flight: the audit entry the stages fill in, and the stage timer."""
-
-    entry: AuditEntry
-    timer: CallTimer
-    started: float
-    opened: bool = False  # whether the decision row (outcome "started") is on record
-
-    def ms(self) -> float:
-        return (time.perf_counter() - self.started) * 1000
-
-    def add_detail(self, **detail: Any) -> None:
-        self.entry.detail = {**(self.entry.detail or {}), **detail}
 
 
 class Gateway:
@@ -197,7 +146,7 @@ class Gateway:
             catalog=principal.catalog,
             latency_ms=(time.perf_counter() - started) * 1000,
             policy_version=self.policy.snapshot.version,
-            detail={"count": len(tools), **(_caller_detail(principal) or {})},
+            detail={"count": len(tools), **(caller_detail(principal) or {})},
         )
         try:
             self.audit.record(entry)
@@ -238,7 +187,7 @@ class Gateway:
         """
         # One snapshot of policy and catalogs for the whole call: a reload mid-call does not change its rules.
         snapshot, catalogs = self.policy.snapshot, self.catalogs
-        call = self._open(principal, name, request_id, snapshot)
+        call = CallRecord.open(principal, name, request_id, snapshot.version)
         arguments = arguments or {}
         try:
             tool = self._admit(call, principal, name, catalogs, snapshot)
@@ -250,27 +199,11 @@ class Gateway:
         except Exception as exc:  # record the outcome, then re-raise to the transport's handler
             await self._record_failure(call, exc)
             raise
-        call.timer.finish(_span_attributes(call.entry), error_type=None, arguments=arguments)
+        call.timer.finish(span_attributes(call.entry), error_type=None, arguments=arguments)
         return result
 
-    def _open(self, principal: Principal, name: str, request_id: str, snapshot: PolicySnapshot) -> _Call:
-        entry = AuditEntry(
-            event=CALL,
-            decision="deny",
-            outcome="",
-            request_id=request_id,
-            trace_id=current_trace_id(),
-            subject=principal.subject,
-            roles=principal.roles,
-            catalog=principal.catalog,
-            tool=_audited_name(name),
-            policy_version=snapshot.version,
-            detail=_caller_detail(principal, name, current_span_id()),
-        )
-        return _Call(entry, CallTimer(), time.perf_counter())
-
     def _admit(
-        self, call: _Call, principal: Principal, name: str, catalogs: CatalogSet, snapshot: PolicySnapshot
+        self, call: CallRecord, principal: Principal, name: str, catalogs: CatalogSet, snapshot: PolicySnapshot
     ) -> ToolSpec:
         """Catalog, then policy (or a break-glass grant).
 
@@ -301,7 +234,7 @@ class Gateway:
         return self.breakglass.active_grant(principal.subject, principal.catalog, name)
 
     async def _limit(
-        self, call: _Call, principal: Principal, tool: ToolSpec, arguments: Mapping[str, Any]
+        self, call: CallRecord, principal: Principal, tool: ToolSpec, arguments: Mapping[str, Any]
     ) -> Mapping[str, Any]:
         """Rate limit, argument checks, DLP of the arguments and, where required, the call's approval; returns
         the arguments the backend gets.
@@ -328,7 +261,7 @@ class Gateway:
         return forwarded
 
     async def _dispatch(
-        self, call: _Call, tool: ToolSpec, arguments: Mapping[str, Any], context: BackendCall
+        self, call: CallRecord, tool: ToolSpec, arguments: Mapping[str, Any], context: BackendCall
     ) -> types.CallToolResult:
         """Decision row, backend, DLP of the result; returns what the caller may see.
 
@@ -349,14 +282,14 @@ class Gateway:
         call.timer.mark("result_dlp")
         return result
 
-    async def _record(self, call: _Call) -> None:
+    async def _record(self, call: CallRecord) -> None:
         """The outcome row, committed before the result goes out; if it cannot be, ``_refuse`` withholds it."""
         entry = call.entry
         entry.event, entry.outcome, entry.latency_ms = RESULT if call.opened else CALL, "ok", call.ms()
         await self.audit.append(entry)
         call.timer.mark("audit_outcome")
 
-    async def _refuse(self, call: _Call, exc: GatewayError) -> types.CallToolResult:
+    async def _refuse(self, call: CallRecord, exc: GatewayError) -> types.CallToolResult:
         entry = call.entry
         request_id = entry.request_id or ""
         outcome = replace(
@@ -371,15 +304,15 @@ class Gateway:
             await self.audit.append(outcome)
         except CallError as audit_exc:
             logger.error("audit unavailable; refusing request %s: %s", request_id, audit_exc)
-            call.timer.finish(_span_attributes(outcome), error_type=audit_exc.code)
+            call.timer.finish(span_attributes(outcome), error_type=audit_exc.code)
             return to_call_result(audit_exc, request_id)
-        call.timer.finish(_span_attributes(outcome), error_type=exc.code)
+        call.timer.finish(span_attributes(outcome), error_type=exc.code)
         if isinstance(exc, RequestError):
             raise to_mcp_error(exc, request_id) from exc
         assert isinstance(exc, CallError)  # noqa: S101 - the tree has exactly these two kinds of refusal
         return to_call_result(exc, request_id)
 
-    async def _record_failure(self, call: _Call, exc: Exception) -> None:
+    async def _record_failure(self, call: CallRecord, exc: Exception) -> None:
         failure = replace(
             call.entry,
             event=RESULT if call.opened else CALL,
@@ -389,17 +322,4 @@ class Gateway:
         )
         with suppress(GatewayError):
             await self.audit.append(failure)
-        call.timer.finish(_span_attributes(failure), error_type="internal_error")
-
-
-def _span_attributes(entry: AuditEntry) -> dict[str, Any]:
-    return {
-        ATTR_DECISION: entry.decision,
-        ATTR_RULE: entry.rule,
-        ATTR_CATALOG: entry.catalog,
-        ATTR_SUBJECT: entry.subject,
-        ATTR_POLICY_VERSION: entry.policy_version,
-        ATTR_REQUEST_ID: entry.request_id,
-        ATTR_TOOL_DIGEST: entry.tool_digest,
-        ATTR_ARGS_DIGEST: entry.args_digest,
-    }
+        call.timer.finish(span_attributes(failure), error_type="internal_error")
