@@ -10,18 +10,17 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from mcp_gateway.audit.log import AuditLog
 from mcp_gateway.breakglass import BreakGlass, Grant, iso, parse_ttl
 from mcp_gateway.catalog import load_catalogs
-from mcp_gateway.config import Settings, load_settings
+from mcp_gateway.cli.common import ConfigOption, fail, out, settings_from
+from mcp_gateway.config import Settings
 from mcp_gateway.errors import ConfigError, GatewayError
 from mcp_gateway.identity import Principal
 
@@ -30,28 +29,16 @@ __all__ = ["approval_app", "breakglass_app"]
 breakglass_app = typer.Typer(help="Time-bound emergency access, approved by a second person.", no_args_is_help=True)
 approval_app = typer.Typer(help="Approve or deny held calls to tools with `approval: required`.", no_args_is_help=True)
 
-out = Console()
-err = Console(stderr=True)
-
-ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="Config file.")]
 TokenOption = Annotated[
     Path | None, typer.Option("--token-file", help="Your token (default: $MCP_GATEWAY_TOKEN or _FILE).")
 ]
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 @contextmanager
 def _session(config: Path | None, token_file: Path | None) -> Iterator[tuple[Settings, BreakGlass, Principal]]:
     from mcp_gateway.server import stdio_principal
 
-    try:
-        settings = load_settings(config)
-    except ConfigError as exc:
-        _fail(str(exc), 2)
+    settings = settings_from(config)
     environ = dict(os.environ)
     if token_file is not None:
         environ.pop("MCP_GATEWAY_TOKEN", None)
@@ -66,9 +53,9 @@ def _session(config: Path | None, token_file: Path | None) -> Iterator[tuple[Set
         store = BreakGlass(settings.database_url, settings.breakglass, audit)
         yield settings, store, principal
     except ConfigError as exc:
-        _fail(str(exc), 2)
+        fail(str(exc))
     except GatewayError as exc:
-        _fail(str(exc), 1)
+        fail(str(exc), code=1)
     finally:
         if store is not None:
             store.close()
@@ -107,7 +94,7 @@ def request(
         try:
             catalogs = load_catalogs(settings.catalogs_dir, settings.egress)
         except ConfigError as exc:
-            _fail(str(exc), 2)
+            fail(str(exc))
         exists = catalogs.lookup(principal.catalog, tool) is not None
         grant = store.request(principal, tool, reason, parse_ttl(ttl), tool_exists=exists)
         out.print(Text(f"requested grant {grant.id} for {grant.subject} on {grant.catalog}/{grant.tool}"))
