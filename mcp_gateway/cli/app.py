@@ -1,8 +1,8 @@
 """The ``mcp-gateway`` command: serve, check, and read the evidence.
 
 Every command takes ``--config PATH`` (default ``mcp-gateway.yaml`` or ``$MCP_GATEWAY_CONFIG``). A bad
-configuration exits with status 2 and names the key and why. Each command group lives in its own module;
-this one only mounts them.
+configuration exits with status 2 and names the key and why; any other refusal exits with 1. Each command
+group lives in its own module; this one only mounts them, on a root group that maps errors to exit statuses.
 """
 
 from __future__ import annotations
@@ -11,13 +11,16 @@ import typer
 
 from mcp_gateway.cli.audit import audit_app
 from mcp_gateway.cli.breakglass import approval_app, breakglass_app
+from mcp_gateway.cli.common import ErrorMappingGroup
 from mcp_gateway.cli.models import models_app
 from mcp_gateway.cli.policy import policy_app
 from mcp_gateway.cli.serve import config_app, serve, token_app
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(help="A governed MCP gateway.", no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    cls=ErrorMappingGroup, help="A governed MCP gateway.", no_args_is_help=True, pretty_exceptions_enable=False
+)
 app.command()(serve)
 app.add_typer(config_app, name="config")
 app.add_typer(token_app, name="token")

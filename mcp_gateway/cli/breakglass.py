@@ -1,7 +1,8 @@
 """``mcp-gateway breakglass …`` and ``mcp-gateway approval …``: separation of duties from the command line.
 
 Every command acts as the subject of a verified token (``--token-file``, else ``MCP_GATEWAY_TOKEN`` or
-``MCP_GATEWAY_TOKEN_FILE``), checked exactly as the gateway checks callers. A refused command exits with 1.
+``MCP_GATEWAY_TOKEN_FILE``), checked exactly as the gateway checks callers. A refused command exits with 1, a
+bad configuration with 2.
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ from rich.text import Text
 from mcp_gateway.audit.log import AuditLog
 from mcp_gateway.breakglass import BreakGlass, Grant, iso, parse_ttl
 from mcp_gateway.catalog import load_catalogs
-from mcp_gateway.cli.common import ConfigOption, fail, out, settings_from
-from mcp_gateway.config import Settings
-from mcp_gateway.errors import ConfigError, GatewayError
+from mcp_gateway.cli.common import ConfigOption, out
+from mcp_gateway.config import Settings, load_settings
 from mcp_gateway.identity import Principal
 
 __all__ = ["approval_app", "breakglass_app"]
@@ -34,28 +34,34 @@ TokenOption = Annotated[
 ]
 
 
-@contextmanager
-def _session(config: Path | None, token_file: Path | None) -> Iterator[tuple[Settings, BreakGlass, Principal]]:
-    from mcp_gateway.server import stdio_principal
+def _caller(settings: Settings, token_file: Path | None) -> Principal:
+    """The verified subject of ``token_file``, else of ``$MCP_GATEWAY_TOKEN`` or ``$MCP_GATEWAY_TOKEN_FILE``.
 
-    settings = settings_from(config)
+    Raises:
+        ConfigError: the verification keys cannot be loaded.
+        UnauthenticatedError: no token, an unreadable token file, or a token the verifier refuses.
+    """
+    # Checked exactly as the stdio transport checks its caller, with its own code. That code still lives in
+    # server.py (the wiring, imported here lazily as it is heavy); it belongs below it, next to the verifier.
+    from mcp_gateway.server import build_verifier, stdio_principal
+
     environ = dict(os.environ)
     if token_file is not None:
         environ.pop("MCP_GATEWAY_TOKEN", None)
         environ["MCP_GATEWAY_TOKEN_FILE"] = str(token_file)
+    return stdio_principal(build_verifier(settings), environ)()
+
+
+@contextmanager
+def _session(config: Path | None, token_file: Path | None) -> Iterator[tuple[Settings, BreakGlass, Principal]]:
+    settings = load_settings(config)
     audit: AuditLog | None = None
     store: BreakGlass | None = None
     try:
-        from mcp_gateway.server import build_verifier
-
-        principal = stdio_principal(build_verifier(settings), environ)()
+        principal = _caller(settings, token_file)
         audit = AuditLog(settings.database_url)
         store = BreakGlass(settings.database_url, settings.breakglass, audit)
         yield settings, store, principal
-    except ConfigError as exc:
-        fail(str(exc))
-    except GatewayError as exc:
-        fail(str(exc), code=1)
     finally:
         if store is not None:
             store.close()
@@ -91,10 +97,7 @@ def request(
 ) -> None:
     """Ask for time-bound access to one tool. Needs a token with a second factor (amr)."""
     with _session(config, token_file) as (settings, store, principal):
-        try:
-            catalogs = load_catalogs(settings.catalogs_dir, settings.egress)
-        except ConfigError as exc:
-            fail(str(exc))
+        catalogs = load_catalogs(settings.catalogs_dir, settings.egress)
         exists = catalogs.lookup(principal.catalog, tool) is not None
         grant = store.request(principal, tool, reason, parse_ttl(ttl), tool_exists=exists)
         out.print(Text(f"requested grant {grant.id} for {grant.subject} on {grant.catalog}/{grant.tool}"))

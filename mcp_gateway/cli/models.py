@@ -15,7 +15,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from rich.table import Table
 from rich.text import Text
 
-from mcp_gateway.cli.common import ConfigOption, err, fail, out, settings_from
+from mcp_gateway.cli.common import ConfigOption, err, out, print_error
+from mcp_gateway.config import load_settings
 from mcp_gateway.errors import ConfigError
 from mcp_gateway.inventory import (
     INVENTORY_FILE,
@@ -32,11 +33,8 @@ models_app = typer.Typer(help="The approved-model inventory (catalogs/models.yam
 
 
 def _inventory(config: Path | None) -> Inventory:
-    settings = settings_from(config)
-    try:
-        return load_inventory(settings.catalogs_dir / INVENTORY_FILE, settings.egress)
-    except ConfigError as exc:
-        fail(str(exc))
+    settings = load_settings(config)
+    return load_inventory(settings.catalogs_dir / INVENTORY_FILE, settings.egress)
 
 
 def _bar() -> Progress:
@@ -95,8 +93,9 @@ def models_import(
         with _bar() as bar:
             task = bar.add_task(name, total=file.stat().st_size)
             placed = import_weights(inventory, name, file, sha256, lambda advance: bar.advance(task, advance))
-    except ConfigError as exc:
-        fail(str(exc), code=1)
-    except OSError as exc:
-        fail(f"models import: {exc}", code=1)
+    except (ConfigError, OSError) as exc:
+        # A refused import is the command's verdict on the file, as a mismatch is for `models verify`: exit 1
+        # (never 2, whatever import_weights calls it), with nothing placed.
+        print_error(str(exc) if isinstance(exc, ConfigError) else f"models import: {exc}")
+        raise typer.Exit(1) from exc
     out.print(Text(f"imported {name} -> {placed}"))

@@ -18,10 +18,10 @@ from rich.table import Table
 from rich.text import Text
 
 from mcp_gateway.audit.log import AuditLog
-from mcp_gateway.catalog import CatalogSet, load_catalogs
-from mcp_gateway.cli.common import ConfigOption, fail, out, settings_from
-from mcp_gateway.config import Settings
-from mcp_gateway.errors import ConfigError, GatewayError
+from mcp_gateway.catalog import load_catalogs
+from mcp_gateway.cli.common import ConfigOption, out
+from mcp_gateway.config import Settings, load_settings
+from mcp_gateway.errors import ConfigError
 from mcp_gateway.policy import PolicySnapshot, load_policy
 
 __all__ = ["policy_app"]
@@ -35,18 +35,8 @@ class MatrixFormat(StrEnum):
 
 
 def _policy(config: Path | None) -> tuple[Settings, PolicySnapshot]:
-    settings = settings_from(config)
-    try:
-        return settings, load_policy(settings.policies_dir)
-    except ConfigError as exc:
-        fail(str(exc))
-
-
-def _catalogs(settings: Settings) -> CatalogSet:
-    try:
-        return load_catalogs(settings.catalogs_dir, settings.egress)
-    except ConfigError as exc:
-        fail(str(exc))
+    settings = load_settings(config)
+    return settings, load_policy(settings.policies_dir)
 
 
 @policy_app.command("explain")
@@ -93,27 +83,23 @@ def policy_remove(
 
 
 def _change_policy(line: str, file: str, actor: str | None, config: Path | None, *, remove: bool) -> None:
+    # Lazy: changes.py takes its request ids from the gateway core, which brings telemetry and the backends
+    # with it; only add and remove need any of that.
     from mcp_gateway.changes import change_policy_line, default_actor
 
-    settings = settings_from(config)
-    try:
-        log = AuditLog(settings.database_url)
-    except GatewayError as exc:
-        fail(str(exc), code=1)
+    settings = load_settings(config)
+    log = AuditLog(settings.database_url)
     try:
         result = change_policy_line(
             log, settings.policies_dir, file, line, remove=remove, actor=actor or default_actor()
         )
         rows = log.by_request(result.request_id)
-    except ConfigError as exc:
-        fail(str(exc))
-    except GatewayError as exc:
-        fail(str(exc), code=1)
     finally:
         log.close()
     record = f"audit record {rows[0]['id']}" if rows else "audited"
     if not result.accepted:
-        fail(f"refused ({record}): {result.error}")
+        # The resulting policy does not load: a configuration error like any other, though already audited.
+        raise ConfigError(f"refused ({record}): {result.error}")
     out.print(Text(f"policy {result.old_digest[:12]} -> {str(result.new_digest)[:12]} ({record})"), soft_wrap=True)
 
 
@@ -130,7 +116,7 @@ def policy_matrix(
 ) -> None:
     """Who can call what: every role and user named in the policy against every tool in the catalogs."""
     settings, policy = _policy(config)
-    catalogs = _catalogs(settings)
+    catalogs = load_catalogs(settings.catalogs_dir, settings.egress)
     subjects = sorted({rule.subject for rule in policy.rules} | {s for pair in policy.groupings for s in pair})
     rows: list[tuple[str, str, str, str]] = []
     for name, tools in sorted(catalogs.names().items()):
@@ -161,8 +147,8 @@ def policy_lint(
     """Find unknown tools and catalogs, shadowed rules, bad subjects and broad partner patterns."""
     from mcp_gateway.policytools import lint
 
-    settings = settings_from(config)
-    issues = lint(settings.policies_dir, _catalogs(settings))
+    settings = load_settings(config)
+    issues = lint(settings.policies_dir, load_catalogs(settings.catalogs_dir, settings.egress))
     for issue in issues:
         colour = "red" if issue.severity == "error" else "yellow"
         out.print(f"[{colour}]{issue.severity}[/] ", Text(f"{issue.where}: {issue.message}"), sep="")
@@ -181,11 +167,8 @@ def policy_diff(
     """Who gains and who loses which tool between two policy versions (exit 1 when access changes)."""
     from mcp_gateway.policytools import diff
 
-    settings = settings_from(config)
-    try:
-        gained, lost = diff(old_dir, new_dir, _catalogs(settings))
-    except ConfigError as exc:
-        fail(str(exc))
+    settings = load_settings(config)
+    gained, lost = diff(old_dir, new_dir, load_catalogs(settings.catalogs_dir, settings.egress))
     rows = [("gains", *item) for item in gained] + [("loses", *item) for item in lost]
     if output is MatrixFormat.csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
@@ -209,10 +192,7 @@ def policy_test(
     from mcp_gateway.policytools import read_cases, run_cases
 
     _, policy = _policy(config)
-    try:
-        cases = read_cases(cases_file)
-    except ConfigError as exc:
-        fail(str(exc))
+    cases = read_cases(cases_file)
     failed = 0
     for case, actual, rule in run_cases(policy, cases):
         if actual != case.expect:

@@ -10,8 +10,9 @@ import anyio
 import typer
 
 from mcp_gateway.catalog import load_catalogs
-from mcp_gateway.cli.common import ConfigOption, err, fail, out, settings_from
-from mcp_gateway.errors import ConfigError, GatewayError
+from mcp_gateway.cli.common import ConfigOption, err, out
+from mcp_gateway.config import load_settings
+from mcp_gateway.errors import ConfigError
 from mcp_gateway.policy import load_policy
 
 __all__ = ["config_app", "serve", "token_app"]
@@ -33,36 +34,31 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Override http.port.")] = None,
 ) -> None:
     """Serve MCP over stdio, or over HTTP (streamable HTTP at /mcp and SSE at /sse on one app)."""
+    # The server module brings in the SDK's server side, Starlette and the HTTP clients (some 250 modules):
+    # imported when serving, so that every other command starts without them.
     from mcp_gateway import server
 
-    settings = settings_from(config)
+    settings = load_settings(config)
     if host is not None or port is not None:
         http = settings.http.model_copy(update={k: v for k, v in (("host", host), ("port", port)) if v is not None})
         settings = settings.model_copy(update={"http": http})
-    try:
-        if transport is Transport.stdio:
-            anyio.run(server.serve_stdio, settings)
-        else:
-            err.print(f"mcp-gateway on http://{settings.http.host}:{settings.http.port} (/mcp, /sse)")
-            anyio.run(server.run_http, settings)
-    except ConfigError as exc:
-        fail(str(exc))
-    except GatewayError as exc:
-        fail(str(exc), code=1)
+    if transport is Transport.stdio:
+        anyio.run(server.serve_stdio, settings)
+    else:
+        err.print(f"mcp-gateway on http://{settings.http.host}:{settings.http.port} (/mcp, /sse)")
+        anyio.run(server.run_http, settings)
 
 
 @config_app.command("check")
 def config_check(config: ConfigOption = None) -> None:
     """Validate settings, keys, catalogs and policies without starting a server."""
+    # Lazy for the same reason as in serve; build_verifier belongs below the server module, which is the wiring.
     from mcp_gateway.server import build_verifier
 
-    settings = settings_from(config)
-    try:
-        build_verifier(settings)
-        catalogs = load_catalogs(settings.catalogs_dir, settings.egress)
-        policy = load_policy(settings.policies_dir)
-    except ConfigError as exc:
-        fail(str(exc))
+    settings = load_settings(config)
+    build_verifier(settings)
+    catalogs = load_catalogs(settings.catalogs_dir, settings.egress)
+    policy = load_policy(settings.policies_dir)
     for name, tools in catalogs.names().items():
         out.print(f"catalog [bold]{name}[/]: {len(tools)} tools")
     approved = sum(entry.approved for entry in catalogs.models.entries.values())
@@ -84,8 +80,8 @@ def token_issue(
     from mcp_gateway.devkeys import ensure_dev_key
 
     if catalog not in ("internal", "partner"):
-        fail(f"--catalog must be internal or partner, not {catalog!r}")
-    settings = settings_from(config)
+        raise ConfigError(f"--catalog must be internal or partner, not {catalog!r}")
+    settings = load_settings(config)
     key = ensure_dev_key(settings.state_dir)
     token = key.mint(
         subject,
