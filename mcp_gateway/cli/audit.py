@@ -68,7 +68,9 @@ class _Bar:
 
 @audit_app.command("tail")
 def audit_tail(
-    count: Annotated[int, typer.Option("-n", "--count", min=1, max=10_000)] = 20,
+    count: Annotated[
+        int, typer.Option("-n", "--count", min=1, max=10_000, help="How many of the latest rows to show.")
+    ] = 20,
     config: ConfigOption = None,
 ) -> None:
     """The most recent audit rows."""
@@ -95,7 +97,9 @@ def audit_tail(
 
 @audit_app.command("export")
 def audit_export(
-    output: Annotated[ExportFormat, typer.Option("--format")] = ExportFormat.jsonl,
+    output: Annotated[
+        ExportFormat, typer.Option("--format", help="jsonl (one JSON object a line) or cef (ArcSight CEF).")
+    ] = ExportFormat.jsonl,
     since: Annotated[str | None, typer.Option(help="ISO 8601 time; rows at or after it.")] = None,
     bundle: Annotated[
         Path | None, typer.Option(help="Write a bundle that `audit verify --bundle` checks with no database.")

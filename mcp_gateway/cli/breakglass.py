@@ -32,6 +32,8 @@ approval_app = typer.Typer(help="Approve or deny held calls to tools with `appro
 TokenOption = Annotated[
     Path | None, typer.Option("--token-file", help="Your token (default: $MCP_GATEWAY_TOKEN or _FILE).")
 ]
+GrantId = Annotated[str, typer.Argument(help="The grant's id, as `breakglass request` printed it or `list` shows.")]
+ApprovalId = Annotated[str, typer.Argument(help="The held call's id, from the caller's error or `approval list`.")]
 
 
 def _caller(settings: Settings, token_file: Path | None) -> Principal:
@@ -105,7 +107,7 @@ def request(
 
 
 @breakglass_app.command("approve")
-def approve(grant_id: str, token_file: TokenOption = None, config: ConfigOption = None) -> None:
+def approve(grant_id: GrantId, token_file: TokenOption = None, config: ConfigOption = None) -> None:
     """Approve someone else's request; the grant runs from now for its TTL."""
     with _session(config, token_file) as (_, store, principal):
         grant = store.approve(principal, grant_id)
@@ -113,7 +115,7 @@ def approve(grant_id: str, token_file: TokenOption = None, config: ConfigOption 
 
 
 @breakglass_app.command("revoke")
-def revoke(grant_id: str, token_file: TokenOption = None, config: ConfigOption = None) -> None:
+def revoke(grant_id: GrantId, token_file: TokenOption = None, config: ConfigOption = None) -> None:
     """End a grant now (the requester or an approver)."""
     with _session(config, token_file) as (_, store, principal):
         store.revoke(principal, grant_id)
@@ -189,7 +191,7 @@ def list_calls(token_file: TokenOption = None, config: ConfigOption = None) -> N
 
 
 @approval_app.command("approve")
-def approve_call(approval_id: str, token_file: TokenOption = None, config: ConfigOption = None) -> None:
+def approve_call(approval_id: ApprovalId, token_file: TokenOption = None, config: ConfigOption = None) -> None:
     """Approve one held call; the caller repeats exactly that call to run it."""
     with _session(config, token_file) as (_, store, principal):
         call = store.decide_call(principal, approval_id, approve=True)
@@ -197,7 +199,7 @@ def approve_call(approval_id: str, token_file: TokenOption = None, config: Confi
 
 
 @approval_app.command("deny")
-def deny_call(approval_id: str, token_file: TokenOption = None, config: ConfigOption = None) -> None:
+def deny_call(approval_id: ApprovalId, token_file: TokenOption = None, config: ConfigOption = None) -> None:
     """Deny one held call."""
     with _session(config, token_file) as (_, store, principal):
         store.decide_call(principal, approval_id, approve=False)

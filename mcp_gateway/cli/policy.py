@@ -34,6 +34,9 @@ class MatrixFormat(StrEnum):
     csv = "csv"
 
 
+FormatOption = Annotated[MatrixFormat, typer.Option("--format", help="A table to read, or CSV for a script.")]
+
+
 def _policy(config: Path | None) -> tuple[Settings, PolicySnapshot]:
     settings = load_settings(config)
     return settings, load_policy(settings.policies_dir)
@@ -41,10 +44,12 @@ def _policy(config: Path | None) -> tuple[Settings, PolicySnapshot]:
 
 @policy_app.command("explain")
 def policy_explain(
-    subject: Annotated[str, typer.Option("--subject", "-s")],
-    catalog: Annotated[str, typer.Option()],
-    tool: Annotated[str, typer.Option()],
-    role: Annotated[list[str] | None, typer.Option("--role", "-r")] = None,
+    subject: Annotated[str, typer.Option("--subject", "-s", help="The caller's `sub` claim.")],
+    catalog: Annotated[str, typer.Option(help="The caller's catalog: internal or partner.")],
+    tool: Annotated[str, typer.Option(help="The tool to be called.")],
+    role: Annotated[
+        list[str] | None, typer.Option("--role", "-r", help="A role of the caller; repeat for more.")
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Why a caller may or may not call a tool: its effective subjects and every matching rule."""
@@ -111,7 +116,7 @@ _ROLE_ONLY_SUBJECT = "\x00"
 @policy_app.command("matrix")
 def policy_matrix(
     catalog: Annotated[str | None, typer.Option(help="Only this catalog.")] = None,
-    output: Annotated[MatrixFormat, typer.Option("--format")] = MatrixFormat.table,
+    output: FormatOption = MatrixFormat.table,
     config: ConfigOption = None,
 ) -> None:
     """Who can call what: every role and user named in the policy against every tool in the catalogs."""
@@ -161,7 +166,7 @@ def policy_lint(
 def policy_diff(
     old_dir: Annotated[Path, typer.Argument(help="The policy folder in force.")],
     new_dir: Annotated[Path, typer.Argument(help="The proposed policy folder.")],
-    output: Annotated[MatrixFormat, typer.Option("--format")] = MatrixFormat.table,
+    output: FormatOption = MatrixFormat.table,
     config: ConfigOption = None,
 ) -> None:
     """Who gains and who loses which tool between two policy versions (exit 1 when access changes)."""
