@@ -35,6 +35,8 @@ class MatrixFormat(StrEnum):
 
 
 FormatOption = Annotated[MatrixFormat, typer.Option("--format", help="A table to read, or CSV for a script.")]
+FileOption = Annotated[str, typer.Option("--file", help="The CSV file in policies_dir to change.")]
+ActorOption = Annotated[str | None, typer.Option(help="Who makes the change (default: your login).")]
 
 
 def _policy(config: Path | None) -> tuple[Settings, PolicySnapshot]:
@@ -68,8 +70,8 @@ def policy_explain(
 @policy_app.command("add")
 def policy_add(
     line: Annotated[str, typer.Argument(help='A policy line, e.g. "p, role:support, internal, crm.*, call, allow".')],
-    file: Annotated[str, typer.Option("--file", help="The CSV file in policies_dir to change.")],
-    actor: Annotated[str | None, typer.Option(help="Who makes the change (default: your login).")] = None,
+    file: FileOption,
+    actor: ActorOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Add a policy line, if the resulting policy loads; the change (or its refusal) is an audit record."""
@@ -79,8 +81,8 @@ def policy_add(
 @policy_app.command("remove")
 def policy_remove(
     line: Annotated[str, typer.Argument(help="The policy line to remove, exactly as in the file.")],
-    file: Annotated[str, typer.Option("--file", help="The CSV file in policies_dir to change.")],
-    actor: Annotated[str | None, typer.Option(help="Who makes the change (default: your login).")] = None,
+    file: FileOption,
+    actor: ActorOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Remove a policy line, if the resulting policy loads; the change (or its refusal) is an audit record."""
