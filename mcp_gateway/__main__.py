@@ -1,3 +1,3 @@
-from mcp_gateway.cli.app import main
+from mcp_gateway.cli import main
 
 main()

@@ -3,8 +3,8 @@
 Every refusal the gateway makes is one of these. Each class carries its wire mapping as class data:
 a stable machine-readable ``code``, the ``public_message`` the caller sees, and how it travels.
 
-* GatewayError
-  * ConfigError              start-up and CLI; exit status 2
+* GatewayError             CLI exit status 1 unless a subclass says otherwise
+  * ConfigError              start-up and CLI; exit status 2 (a bad setting, file or option)
   * RequestError             -> JSON-RPC error response (``MCPError``)
     x UnauthenticatedError   no valid token (stdio; HTTP refuses with 401 before MCP)
     x UnknownToolError       INVALID_PARAMS; also for tools the caller may not call
@@ -16,11 +16,13 @@ a stable machine-readable ``code``, the ``public_message`` the caller sees, and 
     x UpstreamError          the in-boundary backend failed, timed out or answered too much
       x ModelEndpointError   a model endpoint failed, timed out or answered garbage: counts against its breaker
     x UnavailableError       the gateway cannot establish policy or audit: fail closed
-  * BreakGlassError          a break-glass or approval command refused (CLI; exit status 1)
       x ModelUnavailableError  every approved model for the tool is down or failed (same code)
+  * BreakGlassError          a break-glass or approval command refused (CLI; exit status 1)
 
 The caller sees only ``public_message``, the ``code`` and the request id. The detailed ``str(exc)`` goes
-to the audit trail and the span, never to the caller.
+to the audit trail and the span, never to the caller. On the command line it is the other way round: the
+operator sees ``str(exc)``, and the process exits with the class's ``exit_code`` (as click's exceptions carry
+theirs), mapped once by the root command group in ``mcp_gateway.cli.common``.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ class GatewayError(Exception):
     # How the error travels when it must be a JSON-RPC error (always for RequestError; for a CallError only
     # where the method has no tool result to carry it, such as tools/list).
     jsonrpc_code: ClassVar[int] = types.INTERNAL_ERROR
+    # The status a command exits with when this error ends it.
+    exit_code: ClassVar[int] = 1
 
     def public_data(self) -> dict[str, Any]:
         """Machine-readable fields the caller may see besides ``code`` and the message (none by default)."""
@@ -74,6 +78,8 @@ class ConfigError(GatewayError):
 
     code: ClassVar[str] = "config_error"
     public_message: ClassVar[str] = "Invalid configuration"
+    # As click's UsageError: the command cannot run as configured or as given.
+    exit_code: ClassVar[int] = 2
 
 
 class RequestError(GatewayError):
@@ -171,6 +177,7 @@ class BreakGlassError(GatewayError):
 
     code: ClassVar[str] = "breakglass_refused"
     public_message: ClassVar[str] = "Break-glass request refused"
+    exit_code: ClassVar[int] = 1
 
 
 class ModelUnavailableError(UnavailableError):

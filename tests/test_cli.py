@@ -25,6 +25,7 @@ from mcp_gateway.audit.log import GENESIS, AuditEntry, AuditLog, record_hash
 from mcp_gateway.cli.app import app
 from mcp_gateway.config import load_settings
 from mcp_gateway.devkeys import ensure_dev_key
+from mcp_gateway.errors import ConfigError, GatewayError
 from mcp_gateway.identity import JwtVerifier, load_jwks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -321,6 +322,29 @@ def test_config_option_wins_over_mcp_gateway_config_env(config: Path, tmp_path: 
     result = run("config", "check", "--config", config, env={"MCP_GATEWAY_CONFIG": str(tmp_path / "absent.yaml")})
 
     assert result.exit_code == 0, result.output
+
+
+# --- Errors and exit statuses ---------------------------------------------------------------------------------
+
+
+def _error_classes(cls: type[GatewayError] = GatewayError) -> list[type[GatewayError]]:
+    return [cls, *(sub for child in cls.__subclasses__() for sub in _error_classes(child))]
+
+
+@pytest.mark.parametrize("error", [pytest.param(cls, id=cls.__name__) for cls in _error_classes()])
+def test_a_configuration_error_exits_2_and_every_other_gateway_error_exits_1(error: type[GatewayError]) -> None:
+    assert error.exit_code == (2 if issubclass(error, ConfigError) else 1)
+
+
+def test_an_unusable_audit_database_ends_a_command_with_1_and_names_it(config: Path) -> None:
+    (config.parent / "junk.db").write_bytes(b"not a database " * 16)
+    write_config(config.parent, {**base_config(), "database_url": "sqlite:///junk.db"})
+
+    result = run("audit", "tail", "--config", config)
+
+    assert result.exit_code == 1
+    assert text(result.stderr).startswith("error: audit database unavailable")
+    assert result.stdout == ""
 
 
 # --- token issue ----------------------------------------------------------------------------------------------

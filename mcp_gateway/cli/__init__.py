@@ -1,3 +1,5 @@
-"""The ``mcp-gateway`` command line: one module per command group."""
+"""The ``mcp-gateway`` command line: one module per command group, mounted by :mod:`mcp_gateway.cli.app`."""
 
-__all__: list[str] = []
+from mcp_gateway.cli.app import main
+
+__all__ = ["main"]

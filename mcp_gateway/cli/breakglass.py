@@ -1,7 +1,8 @@
 """``mcp-gateway breakglass …`` and ``mcp-gateway approval …``: separation of duties from the command line.
 
 Every command acts as the subject of a verified token (``--token-file``, else ``MCP_GATEWAY_TOKEN`` or
-``MCP_GATEWAY_TOKEN_FILE``), checked exactly as the gateway checks callers. A refused command exits with 1.
+``MCP_GATEWAY_TOKEN_FILE``), checked exactly as the gateway checks callers. A refused command exits with 1, a
+bad configuration with 2.
 """
 
 from __future__ import annotations
@@ -10,19 +11,17 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from mcp_gateway.audit.log import AuditLog
 from mcp_gateway.breakglass import BreakGlass, Grant, iso, parse_ttl
 from mcp_gateway.catalog import load_catalogs
+from mcp_gateway.cli.common import ConfigOption, out
 from mcp_gateway.config import Settings, load_settings
-from mcp_gateway.errors import ConfigError, GatewayError
 from mcp_gateway.identity import Principal
 
 __all__ = ["approval_app", "breakglass_app"]
@@ -30,45 +29,41 @@ __all__ = ["approval_app", "breakglass_app"]
 breakglass_app = typer.Typer(help="Time-bound emergency access, approved by a second person.", no_args_is_help=True)
 approval_app = typer.Typer(help="Approve or deny held calls to tools with `approval: required`.", no_args_is_help=True)
 
-out = Console()
-err = Console(stderr=True)
-
-ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="Config file.")]
 TokenOption = Annotated[
     Path | None, typer.Option("--token-file", help="Your token (default: $MCP_GATEWAY_TOKEN or _FILE).")
 ]
+GrantId = Annotated[str, typer.Argument(help="The grant's id, as `breakglass request` printed it or `list` shows.")]
+ApprovalId = Annotated[str, typer.Argument(help="The held call's id, from the caller's error or `approval list`.")]
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+def _caller(settings: Settings, token_file: Path | None) -> Principal:
+    """The verified subject of ``token_file``, else of ``$MCP_GATEWAY_TOKEN`` or ``$MCP_GATEWAY_TOKEN_FILE``.
 
-
-@contextmanager
-def _session(config: Path | None, token_file: Path | None) -> Iterator[tuple[Settings, BreakGlass, Principal]]:
+    Raises:
+        ConfigError: the verification keys cannot be loaded.
+        UnauthenticatedError: no token, an unreadable token file, or a token the verifier refuses.
+    """
+    # Checked exactly as the stdio transport checks its caller, with its own code (imported lazily: it is heavy).
+    from mcp_gateway.server import build_verifier
     from mcp_gateway.transports.stdio import stdio_principal
 
-    try:
-        settings = load_settings(config)
-    except ConfigError as exc:
-        _fail(str(exc), 2)
     environ = dict(os.environ)
     if token_file is not None:
         environ.pop("MCP_GATEWAY_TOKEN", None)
         environ["MCP_GATEWAY_TOKEN_FILE"] = str(token_file)
+    return stdio_principal(build_verifier(settings), environ)()
+
+
+@contextmanager
+def _session(config: Path | None, token_file: Path | None) -> Iterator[tuple[Settings, BreakGlass, Principal]]:
+    settings = load_settings(config)
     audit: AuditLog | None = None
     store: BreakGlass | None = None
     try:
-        from mcp_gateway.server import build_verifier
-
-        principal = stdio_principal(build_verifier(settings), environ)()
+        principal = _caller(settings, token_file)
         audit = AuditLog(settings.database_url)
         store = BreakGlass(settings.database_url, settings.breakglass, audit)
         yield settings, store, principal
-    except ConfigError as exc:
-        _fail(str(exc), 2)
-    except GatewayError as exc:
-        _fail(str(exc), 1)
     finally:
         if store is not None:
             store.close()
@@ -104,10 +99,7 @@ def request(
 ) -> None:
     """Ask for time-bound access to one tool. Needs a token with a second factor (amr)."""
     with _session(config, token_file) as (settings, store, principal):
-        try:
-            catalogs = load_catalogs(settings.catalogs_dir, settings.egress)
-        except ConfigError as exc:
-            _fail(str(exc), 2)
+        catalogs = load_catalogs(settings.catalogs_dir, settings.egress)
         exists = catalogs.lookup(principal.catalog, tool) is not None
         grant = store.request(principal, tool, reason, parse_ttl(ttl), tool_exists=exists)
         out.print(Text(f"requested grant {grant.id} for {grant.subject} on {grant.catalog}/{grant.tool}"))
@@ -115,7 +107,7 @@ def request(
 
 
 @breakglass_app.command("approve")
-def approve(grant_id: str, token_file: TokenOption = None, config: ConfigOption = None) -> None:
+def approve(grant_id: GrantId, token_file: TokenOption = None, config: ConfigOption = None) -> None:
     """Approve someone else's request; the grant runs from now for its TTL."""
     with _session(config, token_file) as (_, store, principal):
         grant = store.approve(principal, grant_id)
@@ -123,7 +115,7 @@ def approve(grant_id: str, token_file: TokenOption = None, config: ConfigOption 
 
 
 @breakglass_app.command("revoke")
-def revoke(grant_id: str, token_file: TokenOption = None, config: ConfigOption = None) -> None:
+def revoke(grant_id: GrantId, token_file: TokenOption = None, config: ConfigOption = None) -> None:
     """End a grant now (the requester or an approver)."""
     with _session(config, token_file) as (_, store, principal):
         store.revoke(principal, grant_id)
@@ -199,7 +191,7 @@ def list_calls(token_file: TokenOption = None, config: ConfigOption = None) -> N
 
 
 @approval_app.command("approve")
-def approve_call(approval_id: str, token_file: TokenOption = None, config: ConfigOption = None) -> None:
+def approve_call(approval_id: ApprovalId, token_file: TokenOption = None, config: ConfigOption = None) -> None:
     """Approve one held call; the caller repeats exactly that call to run it."""
     with _session(config, token_file) as (_, store, principal):
         call = store.decide_call(principal, approval_id, approve=True)
@@ -207,7 +199,7 @@ def approve_call(approval_id: str, token_file: TokenOption = None, config: Confi
 
 
 @approval_app.command("deny")
-def deny_call(approval_id: str, token_file: TokenOption = None, config: ConfigOption = None) -> None:
+def deny_call(approval_id: ApprovalId, token_file: TokenOption = None, config: ConfigOption = None) -> None:
     """Deny one held call."""
     with _session(config, token_file) as (_, store, principal):
         store.decide_call(principal, approval_id, approve=False)
