@@ -24,7 +24,7 @@ from mcp_gateway.telemetry import (
     current_trace_id,
 )
 
-__all__ = ["CALL", "RESULT", "CallRecord", "audited_name", "caller_detail", "span_attributes"]
+__all__ = ["CALL", "RESULT", "CallRecord", "audited_name", "caller_detail", "caller_entry", "span_attributes"]
 
 CALL = "tools/call"
 RESULT = "tools/call.result"
@@ -53,6 +53,31 @@ def caller_detail(principal: Principal, name: str | None = None, span_id: str | 
     return detail or None
 
 
+def caller_entry(
+    principal: Principal,
+    event: str,
+    request_id: str,
+    policy_version: str,
+    *,
+    decision: str,
+    outcome: str,
+    detail: dict[str, Any] | None,
+) -> AuditEntry:
+    """An audit entry for a request from ``principal``, in the current trace."""
+    return AuditEntry(
+        event=event,
+        decision=decision,
+        outcome=outcome,
+        request_id=request_id,
+        trace_id=current_trace_id(),
+        subject=principal.subject,
+        roles=principal.roles,
+        catalog=principal.catalog,
+        policy_version=policy_version,
+        detail=detail,
+    )
+
+
 @dataclass(slots=True)
 class CallRecord:
     """One ``tools/call`` in flight: the audit entry the stages fill in, and the stage timer."""
@@ -71,19 +96,9 @@ class CallRecord:
     @classmethod
     def open(cls, principal: Principal, name: str, request_id: str, policy_version: str) -> CallRecord:
         """The record of a call that has only just arrived: denied, with no outcome, until a stage says otherwise."""
-        entry = AuditEntry(
-            event=CALL,
-            decision="deny",
-            outcome="",
-            request_id=request_id,
-            trace_id=current_trace_id(),
-            subject=principal.subject,
-            roles=principal.roles,
-            catalog=principal.catalog,
-            tool=audited_name(name),
-            policy_version=policy_version,
-            detail=caller_detail(principal, name, current_span_id()),
-        )
+        detail = caller_detail(principal, name, current_span_id())
+        entry = caller_entry(principal, CALL, request_id, policy_version, decision="deny", outcome="", detail=detail)
+        entry.tool = audited_name(name)
         return cls(entry, CallTimer(), time.perf_counter())
 
 

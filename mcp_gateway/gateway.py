@@ -29,10 +29,10 @@ from typing import Any
 import mcp_types as types
 
 from mcp_gateway import limits
-from mcp_gateway.audit.log import AuditEntry, AuditLog
+from mcp_gateway.audit.log import AuditLog
 from mcp_gateway.backends import BackendCall, Backends, ProgressFn
 from mcp_gateway.breakglass import BreakGlass
-from mcp_gateway.call import CALL, RESULT, CallRecord, caller_detail, span_attributes
+from mcp_gateway.call import CALL, RESULT, CallRecord, caller_detail, caller_entry, span_attributes
 from mcp_gateway.catalog import CatalogSet, ToolSpec
 from mcp_gateway.config import Settings
 from mcp_gateway.errors import (
@@ -48,7 +48,6 @@ from mcp_gateway.identity import Principal
 from mcp_gateway.policy import PolicyEngine, PolicySnapshot
 from mcp_gateway.ratelimit import RateLimiter
 from mcp_gateway.reload import Reloader, ReloadReport
-from mcp_gateway.telemetry import current_trace_id
 
 __all__ = ["Gateway"]
 
@@ -135,19 +134,17 @@ class Gateway:
             tools = self.visible_tools(principal) + self._granted(principal)
         except GatewayError as exc:
             raise to_mcp_error(exc, request_id) from exc
-        entry = AuditEntry(
-            event="tools/list",
+        detail = {"count": len(tools), **(caller_detail(principal) or {})}
+        entry = caller_entry(
+            principal,
+            "tools/list",
+            request_id,
+            self.policy.snapshot.version,
             decision="allow",
             outcome="ok",
-            request_id=request_id,
-            trace_id=current_trace_id(),
-            subject=principal.subject,
-            roles=principal.roles,
-            catalog=principal.catalog,
-            latency_ms=(time.perf_counter() - started) * 1000,
-            policy_version=self.policy.snapshot.version,
-            detail={"count": len(tools), **(caller_detail(principal) or {})},
+            detail=detail,
         )
+        entry.latency_ms = (time.perf_counter() - started) * 1000
         try:
             self.audit.record(entry)
         except GatewayError as exc:

@@ -20,20 +20,19 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import AsyncIterator, Iterable, Iterator
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Iterable, Iterator
+from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import anyio
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from mcp_gateway.audit.log import AuditLog
 from mcp_gateway.canonical import canonical_json
-from mcp_gateway.errors import ConfigError, GatewayError
+from mcp_gateway.errors import ConfigError
 
 __all__ = ["CHECKPOINT_FIELDS", "Checkpointer", "Signer", "checkpoint_valid", "load_public_key", "read_checkpoint_file"]
 
@@ -221,28 +220,3 @@ class Checkpointer:
             os.fsync(handle.fileno())
         self._last = head
         return checkpoint
-
-    @asynccontextmanager
-    async def running(self, interval: float) -> AsyncIterator[None]:
-        """Sign every ``interval`` seconds while the block runs, and once more when it ends (shutdown)."""
-
-        async def loop() -> None:
-            while True:
-                await anyio.sleep(interval)
-                try:
-                    await anyio.to_thread.run_sync(self.sign_now)
-                except (GatewayError, OSError) as exc:
-                    logger.error("checkpoint failed: %s", exc)
-
-        try:
-            async with anyio.create_task_group() as group:
-                group.start_soon(loop)
-                try:
-                    yield
-                finally:
-                    group.cancel_scope.cancel()
-        finally:
-            try:
-                self.sign_now()
-            except (GatewayError, OSError) as exc:
-                logger.error("shutdown checkpoint failed: %s", exc)

@@ -1,10 +1,14 @@
-"""The loops a serving gateway runs beside its transport: hot reload checks and signed checkpoints."""
+"""The loops a serving gateway runs beside its transport: hot reload checks and signed checkpoints.
+
+Each loop runs its work in a worker thread (compiling a large policy or fsyncing a checkpoint must not stall
+calls in flight), logs a failure and carries on: a reload or checkpoint that fails now is tried again next time.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import anyio
 import anyio.to_thread
@@ -19,21 +23,16 @@ logger = logging.getLogger(__name__)
 
 
 @contextlib.asynccontextmanager
-async def reloading(gateway: Gateway) -> AsyncIterator[None]:
-    """Check policy and catalogs for changes in the background while serving."""
-    interval = gateway.settings.policy_reload_interval
+async def _every(interval: float, work: Callable[[], object], what: str) -> AsyncIterator[None]:
+    """Run ``work`` off the event loop every ``interval`` seconds while the block runs."""
 
     async def loop() -> None:
         while True:
             await anyio.sleep(interval)
             try:
-                # Off the event loop: compiling a large policy must not stall calls in flight.
-                report = await anyio.to_thread.run_sync(gateway.reload)
-            except GatewayError as exc:
-                logger.error("reload check failed: %s", exc)
-                continue
-            for error in report.errors:
-                logger.error("reload refused, last good version stays in force: %s", error)
+                await anyio.to_thread.run_sync(work)
+            except (GatewayError, OSError) as exc:
+                logger.error("%s failed: %s", what, exc)
 
     async with anyio.create_task_group() as group:
         group.start_soon(loop)
@@ -44,11 +43,29 @@ async def reloading(gateway: Gateway) -> AsyncIterator[None]:
 
 
 @contextlib.asynccontextmanager
+async def reloading(gateway: Gateway) -> AsyncIterator[None]:
+    """Check policy and catalogs for changes in the background while serving."""
+
+    def check() -> None:
+        for error in gateway.reload().errors:
+            logger.error("reload refused, last good version stays in force: %s", error)
+
+    async with _every(gateway.settings.policy_reload_interval, check, "reload check"):
+        yield
+
+
+@contextlib.asynccontextmanager
 async def checkpointing(checkpointer: Checkpointer | None, interval: float) -> AsyncIterator[None]:
-    """Sign the chain head at start, every ``interval`` seconds, and at shutdown."""
+    """Sign the chain head at start, every ``interval`` seconds, and once more at shutdown."""
     if checkpointer is None:
         yield
         return
     checkpointer.sign_now()
-    async with checkpointer.running(interval):
-        yield
+    try:
+        async with _every(interval, checkpointer.sign_now, "checkpoint"):
+            yield
+    finally:
+        try:
+            checkpointer.sign_now()
+        except (GatewayError, OSError) as exc:
+            logger.error("shutdown checkpoint failed: %s", exc)
