@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import httpx2
 import pytest
 
 from mcp_gateway.config import EgressSettings
@@ -13,6 +14,7 @@ from mcp_gateway.egress import (
     EgressDeniedError,
     Httpx2EgressDeniedError,
     guarded_async_client,
+    guarded_client,
     guarded_get,
     guarded_httpx2_client,
 )
@@ -176,3 +178,44 @@ async def test_model_client_sends_only_allowlisted_headers(example_api: ExampleA
     assert response.request.headers.get("x-leak") is None
     assert response.request.headers.get("openai-organization") is None
     assert set(response.request.headers) <= MODEL_HEADERS
+
+
+# --- One guard for every client: each refuses and fails with its own library's errors -------------------------
+
+FACES = [*STACKS, pytest.param("httpx-sync", id="httpx-sync")]
+LIBRARY = {"httpx": httpx, "httpx-sync": httpx, "httpx2": httpx2}
+REFUSAL = {"httpx": EgressDeniedError, "httpx-sync": EgressDeniedError, "httpx2": Httpx2EgressDeniedError}
+
+
+async def fetch_on(face: str, egress: EgressSettings, url: str, resolver: Resolver) -> int:
+    if face != "httpx-sync":
+        return await fetch(face, egress, url, resolver)
+    with guarded_client(egress, resolver=resolver.sync) as client:
+        return client.get(url).status_code
+
+
+@pytest.mark.parametrize("face", FACES)
+async def test_forbidden_address_is_refused_with_the_clients_own_error(example_api: ExampleApi, face: str) -> None:
+    origin, egress = named(example_api)
+    with pytest.raises(REFUSAL[face]) as refused:
+        await fetch_on(face, egress, f"{origin}/health", Resolver(["169.254.169.254"]))
+    # A RequestError of the client's own library, so that the caller's handler for that library catches it.
+    assert isinstance(refused.value, LIBRARY[face].RequestError)
+
+
+@pytest.mark.parametrize("face", FACES)
+async def test_connect_failure_is_the_clients_own_error(example_api: ExampleApi, face: str) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(LIBRARY[face].ConnectError) as failed:
+        await fetch_on(face, EgressSettings(allow=(closed,)), f"{closed}/x", Resolver(["127.0.0.1"]))
+    assert type(failed.value) is LIBRARY[face].ConnectError
+
+
+@pytest.mark.parametrize("face", FACES)
+async def test_broken_body_is_the_clients_own_error(face: str) -> None:
+    short = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nConnection: close\r\n\r\nshort"
+    with RawServer({"/short": short}) as server:
+        egress = EgressSettings(allow=(server.url,))
+        with pytest.raises(LIBRARY[face].RemoteProtocolError) as failed:
+            await fetch_on(face, egress, f"{server.url}/short", Resolver(["127.0.0.1"]))
+    assert type(failed.value) is LIBRARY[face].RemoteProtocolError
