@@ -41,6 +41,7 @@ import requests.adapters
 import requests.structures
 
 from mcp_gateway.config import EgressSettings
+from mcp_gateway.errors import ConfigError
 
 __all__ = [
     "MODEL_HEADERS",
@@ -498,23 +499,31 @@ def guarded_get(
 ) -> bytes:
     """Fetch ``url`` synchronously (start-up only: JWKS), refusing anything off the allowlist.
 
+    Its one use is the start-up JWKS fetch, where any failure means the gateway cannot start as configured:
+    hence ``ConfigError`` (CLI exit status 2), carrying the ``httpx`` error's message and, as ``__cause__``, the
+    error itself.
+
     Raises:
-        EgressDeniedError: ``url`` is not on the allowlist, or its host resolves to a forbidden address.
-        httpx.HTTPError: the request failed, answered an error status, or was larger than ``max_bytes``.
+        ConfigError: ``url`` is not on the allowlist or its host resolves to a forbidden address (caused by
+            ``EgressDeniedError``), or the request failed, answered an error status, or was larger than
+            ``max_bytes`` (caused by the ``httpx.HTTPError``).
     """
-    if not egress.permits(url):
-        raise EgressDeniedError(f"egress to {url} is not allowed")
-    with (
-        guarded_client(egress, timeout=timeout, resolver=resolver) as client,
-        client.stream("GET", url) as response,
-    ):
-        response.raise_for_status()
-        body = bytearray()
-        for chunk in response.iter_bytes():
-            body += chunk
-            if len(body) > max_bytes:
-                raise httpx.DecodingError(f"response from {url} exceeds {max_bytes} bytes")
-        return bytes(body)
+    try:
+        if not egress.permits(url):
+            raise EgressDeniedError(f"egress to {url} is not allowed")
+        with (
+            guarded_client(egress, timeout=timeout, resolver=resolver) as client,
+            client.stream("GET", url) as response,
+        ):
+            response.raise_for_status()
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > max_bytes:
+                    raise httpx.DecodingError(f"response from {url} exceeds {max_bytes} bytes")
+            return bytes(body)
+    except httpx.HTTPError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 # -- requests (the OTLP/HTTP exporter's session) ----------------------------------------------------------------

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
 from jwt.algorithms import Algorithm, get_default_algorithms
 from jwt.api_jwk import PyJWK
 from jwt.exceptions import PyJWTError
@@ -372,7 +371,7 @@ def load_jwks(settings: IdentitySettings, http_get: Callable[[str], bytes] | Non
 
     Args:
         settings: Names the file or URL.
-        http_get: Fetches a URL's body, raising ``httpx.HTTPError`` or ``OSError`` on failure; the caller passes
+        http_get: Fetches a URL's body, raising ``ConfigError`` or ``OSError`` on failure; the caller passes
             one guarded by ``egress.allow`` (``egress.guarded_get``).
 
     Returns:
@@ -393,7 +392,7 @@ def load_jwks(settings: IdentitySettings, http_get: Callable[[str], bytes] | Non
             raise ConfigError("identity.jwks_url is set but no HTTP client was given to fetch it")
         try:
             data = http_get(settings.jwks_url)
-        except (httpx.HTTPError, OSError, ValueError) as exc:
+        except (ConfigError, OSError, ValueError) as exc:
             raise ConfigError(f"identity.jwks_url {source}: cannot fetch: {exc}") from exc
     else:  # pragma: no cover - IdentitySettings requires exactly one source
         raise ConfigError("identity: set jwks_file or jwks_url")

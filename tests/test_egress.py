@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -18,8 +20,17 @@ from mcp_gateway.egress import (
     guarded_get,
     guarded_httpx2_client,
 )
+from mcp_gateway.errors import ConfigError
 from tests.conftest import ExampleApi, free_port
 from tests.test_upstream import RawServer
+
+
+@contextmanager
+def start_up_failure(cause: type[Exception]) -> Iterator[None]:
+    """The start-up fetch fails as a ``ConfigError`` caused by ``cause`` (the ``httpx`` error it translated)."""
+    with pytest.raises(ConfigError) as failed:
+        yield
+    assert isinstance(failed.value.__cause__, cause)
 
 
 def test_allowlisted_origin_is_fetched(example_api: ExampleApi) -> None:
@@ -29,7 +40,7 @@ def test_allowlisted_origin_is_fetched(example_api: ExampleApi) -> None:
 
 def test_origin_off_the_allowlist_is_refused_before_connecting(example_api: ExampleApi) -> None:
     closed = f"http://127.0.0.1:{free_port()}"  # nothing listens: a connection attempt would be ConnectError
-    with pytest.raises(EgressDeniedError):
+    with start_up_failure(EgressDeniedError):
         guarded_get(EgressSettings(allow=(example_api.url,)), f"{closed}/jwks.json")
 
 
@@ -43,18 +54,24 @@ def test_origin_off_the_allowlist_is_refused_before_connecting(example_api: Exam
 )
 def test_lookalike_urls_are_refused(example_api: ExampleApi, url: str) -> None:
     port = example_api.url.rsplit(":", 1)[1]
-    with pytest.raises(EgressDeniedError):
+    with start_up_failure(EgressDeniedError):
         guarded_get(EgressSettings(allow=(example_api.url,)), url.format(port=port))
 
 
 def test_response_over_the_cap_is_refused(example_api: ExampleApi) -> None:
-    with pytest.raises(httpx.DecodingError):
+    with start_up_failure(httpx.DecodingError):
         guarded_get(EgressSettings(allow=(example_api.url,)), f"{example_api.url}/_seen", max_bytes=1)
 
 
 def test_error_status_is_an_error(example_api: ExampleApi) -> None:
-    with pytest.raises(httpx.HTTPStatusError):
+    with start_up_failure(httpx.HTTPStatusError):
         guarded_get(EgressSettings(allow=(example_api.url,)), f"{example_api.url}/nope")
+
+
+def test_connect_failure_at_start_up_is_a_config_error() -> None:
+    closed = f"http://127.0.0.1:{free_port()}"  # on the allowlist, but nothing listens
+    with start_up_failure(httpx.ConnectError):
+        guarded_get(EgressSettings(allow=(closed,)), f"{closed}/jwks.json")
 
 
 # --- Address pinning, on both HTTP stacks ---------------------------------------------------------------------
@@ -164,7 +181,7 @@ async def test_proxy_variables_and_netrc_are_ignored(
 def test_start_up_fetch_pins_the_address_too(example_api: ExampleApi) -> None:
     origin, egress = named(example_api)
     assert guarded_get(egress, f"{origin}/health", resolver=Resolver(["127.0.0.1"]).sync) == b'{"status":"ok"}'
-    with pytest.raises(EgressDeniedError):
+    with start_up_failure(EgressDeniedError):
         guarded_get(egress, f"{origin}/health", resolver=Resolver(["169.254.169.254"]).sync)
 
 
