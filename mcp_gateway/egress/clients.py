@@ -1,63 +1,32 @@
-"""The one way out: every outbound HTTP connection the gateway makes is built here.
+"""The guarded ``httpx`` and ``httpx2`` clients: one pinned transport design serving both HTTP stacks.
 
-Two HTTP stacks leave the process: ``httpx`` (REST tools, the JWKS fetch, and telemetry export, whose
-``requests`` session hands every request to a guarded ``httpx`` client) and ``httpx2`` (the OpenAI client for
-model tools; ``mcp`` 2.x uses it too). Both get the same guard:
-
-* only origins on ``egress.allow`` (scheme, host and port) are requested; anything else is refused before a
-  socket is opened;
-* redirects are never followed, and proxy environment variables, ``.netrc`` and ``SSL_CERT_*`` are ignored
-  (``trust_env=False``);
-* the host name is resolved once per connection, every address it resolves to is checked (a name that
-  resolves to an unspecified, multicast, link-local or reserved address, such as a cloud metadata endpoint,
-  is refused), and the socket is opened to exactly the address that was checked. There is no second lookup
-  between check and connect, so DNS rebinding cannot swap the address. A literal IP on the allowlist is
-  connected to as written. TLS still verifies the certificate against the host name;
-* for model clients, only an allowlist of request headers leaves (the OpenAI client adds headers from
-  ``OPENAI_*`` variables of its own accord; see docs/architecture.md).
-
-Build each client once and reuse it: a client carries the connection pool.
+Part of the egress guard; see ``mcp_gateway.egress``.
 """
 
 from __future__ import annotations
 
-import io
-import ipaddress
-import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, NoReturn
-from urllib.parse import urlsplit
 
-import anyio
 import httpcore
 import httpcore2
 import httpx
 import httpx2
-import requests
-import requests.adapters
-import requests.structures
 
 from mcp_gateway.config import EgressSettings
-from mcp_gateway.errors import ConfigError
+from mcp_gateway.egress.addresses import AddressPinner, AddressRefusedError, Resolver, SyncResolver
 
 __all__ = [
     "MODEL_HEADERS",
-    "AddressPinner",
     "EgressDeniedError",
     "Httpx2EgressDeniedError",
     "guarded_async_client",
     "guarded_client",
-    "guarded_get",
     "guarded_httpx2_client",
-    "guarded_requests_session",
-    "system_resolver",
 ]
-
-Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
-SyncResolver = Callable[[str, int], Sequence[str]]
 
 # What a model request may carry. Everything else the OpenAI client adds (``OpenAI-Organization`` and
 # ``OpenAI-Project`` from the environment, ``OPENAI_CUSTOM_HEADERS``, ``X-Stainless-*`` platform details) is
@@ -86,109 +55,6 @@ class EgressDeniedError(httpx.RequestError):
 
 class Httpx2EgressDeniedError(httpx2.RequestError):
     """``httpx2`` stack: a request named an origin or address the guard refuses; nothing was sent."""
-
-
-class _Refusal(Exception):
-    """Library-neutral refusal raised by the pinner; each stack re-raises it as its own error type."""
-
-
-async def system_resolver(host: str, port: int) -> list[str]:
-    """The host's addresses from the system resolver, in its order, without duplicates."""
-    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
-def _system_resolver_sync(host: str, port: int) -> list[str]:
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
-def _literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return None
-
-
-def _forbidden(address: str) -> str | None:
-    """Why a resolved address may not be connected to, or None."""
-    ip = _literal(address.split("%", 1)[0])
-    if ip is None:
-        return "not an IP address"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    for reason, flag in (
-        ("unspecified", ip.is_unspecified),
-        ("multicast", ip.is_multicast),
-        ("link-local", ip.is_link_local),
-        ("reserved", ip.is_reserved),
-    ):
-        if flag:
-            return reason
-    return None
-
-
-class AddressPinner:
-    """Resolves an allowlisted host once per connection and returns only addresses that passed the check."""
-
-    def __init__(
-        self, egress: EgressSettings, resolver: Resolver | None = None, sync_resolver: SyncResolver | None = None
-    ) -> None:
-        self._resolver = resolver or system_resolver
-        self._sync_resolver = sync_resolver or _system_resolver_sync
-        self._targets: frozenset[tuple[str, int]] = frozenset(_host_port(origin) for origin in egress.allow)
-
-    def _target(self, host: str, port: int) -> str | None:
-        """The host as the allowlist spells it; refuses a (host, port) that no entry names."""
-        key = (host.strip("[]").lower(), port)
-        if key not in self._targets:
-            raise _Refusal(f"egress to {host}:{port} is not allowed")
-        return None if _literal(key[0]) is not None else key[0]
-
-    def _checked(self, host: str, port: int, addresses: Sequence[str]) -> list[str]:
-        if not addresses:
-            raise _Refusal(f"egress to {host}:{port}: the name resolves to no address")
-        for address in addresses:
-            reason = _forbidden(address)
-            if reason is not None:
-                raise _Refusal(f"egress to {host}:{port}: resolves to {address} ({reason})")
-        return list(addresses)
-
-    async def addresses(self, host: str, port: int) -> list[str]:
-        """The checked addresses to connect to, in resolver order.
-
-        Raises:
-            _Refusal: the (host, port) is not on the allowlist, or resolves to no or a forbidden address.
-        """
-        name = self._target(host, port)
-        if name is None:
-            return [host.strip("[]")]
-        try:
-            resolved = await self._resolver(name, port)
-        except OSError as exc:
-            raise _Refusal(f"egress to {host}:{port}: cannot resolve: {exc}") from exc
-        return self._checked(host, port, resolved)
-
-    def addresses_sync(self, host: str, port: int) -> list[str]:
-        """As :meth:`addresses`, for the synchronous start-up fetch.
-
-        Raises:
-            _Refusal: as :meth:`addresses`.
-        """
-        name = self._target(host, port)
-        if name is None:
-            return [host.strip("[]")]
-        try:
-            resolved = self._sync_resolver(name, port)
-        except OSError as exc:
-            raise _Refusal(f"egress to {host}:{port}: cannot resolve: {exc}") from exc
-        return self._checked(host, port, resolved)
-
-
-def _host_port(origin: str) -> tuple[str, int]:
-    parts = urlsplit(origin)
-    # origin_of() always spells both host and port.
-    return (parts.hostname or "").lower(), parts.port or 0
 
 
 # -- one guard for both stacks ---------------------------------------------------------------------------------
@@ -261,7 +127,7 @@ class _Pinning:
     def _refusals(self) -> Iterator[None]:
         try:
             yield
-        except _Refusal as exc:
+        except AddressRefusedError as exc:
             raise self._stack.denied(str(exc)) from None
 
     @contextmanager
@@ -487,110 +353,3 @@ def guarded_client(
     pool = _HTTPX.pool(_BLOCKING_LIMITS, backend, blocking=True)
     transport = _SyncGuardedTransport(_Guard(_HTTPX, egress, pool, None))
     return httpx.Client(transport=transport, trust_env=False, follow_redirects=False, timeout=timeout)
-
-
-def guarded_get(
-    egress: EgressSettings,
-    url: str,
-    *,
-    timeout: float = 10.0,
-    max_bytes: int = 1_048_576,
-    resolver: SyncResolver | None = None,
-) -> bytes:
-    """Fetch ``url`` synchronously (start-up only: JWKS), refusing anything off the allowlist.
-
-    Its one use is the start-up JWKS fetch, where any failure means the gateway cannot start as configured:
-    hence ``ConfigError`` (CLI exit status 2), carrying the ``httpx`` error's message and, as ``__cause__``, the
-    error itself.
-
-    Raises:
-        ConfigError: ``url`` is not on the allowlist or its host resolves to a forbidden address (caused by
-            ``EgressDeniedError``), or the request failed, answered an error status, or was larger than
-            ``max_bytes`` (caused by the ``httpx.HTTPError``).
-    """
-    try:
-        if not egress.permits(url):
-            raise EgressDeniedError(f"egress to {url} is not allowed")
-        with (
-            guarded_client(egress, timeout=timeout, resolver=resolver) as client,
-            client.stream("GET", url) as response,
-        ):
-            response.raise_for_status()
-            body = bytearray()
-            for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > max_bytes:
-                    raise httpx.DecodingError(f"response from {url} exceeds {max_bytes} bytes")
-            return bytes(body)
-    except httpx.HTTPError as exc:
-        raise ConfigError(str(exc)) from exc
-
-
-# -- requests (the OTLP/HTTP exporter's session) ----------------------------------------------------------------
-
-_MAX_EXPORT_ANSWER = 1_048_576
-
-
-def guarded_requests_session(
-    egress: EgressSettings, *, timeout: float = 10.0, resolver: SyncResolver | None = None
-) -> requests.Session:
-    """A ``requests`` session for the OTLP/HTTP exporter that sends everything through :func:`guarded_client`.
-
-    The exporter only accepts a ``requests`` session; its adapter hands each request to the guarded ``httpx``
-    client, so telemetry export gets the same allowlist, address pinning, and refusal of proxies and redirects
-    as every other connection. A collector's answer is read up to 1 MiB.
-    """
-    session = requests.Session()
-    session.trust_env = False
-    session.max_redirects = 0
-    adapter = _GuardedRequestsAdapter(guarded_client(egress, timeout=timeout, resolver=resolver))
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
-
-
-class _GuardedRequestsAdapter(requests.adapters.BaseAdapter):
-    def __init__(self, client: httpx.Client) -> None:
-        super().__init__()
-        self._client = client
-
-    def send(
-        self,
-        request: requests.PreparedRequest,
-        stream: bool = False,
-        timeout: float | tuple[float, float] | tuple[float, None] | None = None,
-        verify: bool | str = True,
-        cert: bytes | str | tuple[bytes | str, bytes | str] | None = None,
-        proxies: Mapping[str, str] | None = None,
-    ) -> requests.Response:
-        seconds = timeout[0] if isinstance(timeout, tuple) else timeout
-        body = request.body.encode() if isinstance(request.body, str) else request.body
-        try:
-            with self._client.stream(
-                request.method or "GET",
-                str(request.url),
-                headers=dict(request.headers),
-                content=body,
-                timeout=seconds if seconds is not None else httpx.USE_CLIENT_DEFAULT,
-            ) as answer:
-                content = bytearray()
-                for chunk in answer.iter_bytes():
-                    content += chunk
-                    if len(content) > _MAX_EXPORT_ANSWER:
-                        raise requests.ConnectionError(f"answer from {request.url} exceeds {_MAX_EXPORT_ANSWER} bytes")
-        except httpx.TimeoutException as exc:
-            raise requests.Timeout(str(exc), request=request) from exc
-        except httpx.HTTPError as exc:  # EgressDeniedError included: nothing was sent
-            raise requests.ConnectionError(str(exc), request=request) from exc
-        response = requests.Response()
-        response.status_code = answer.status_code
-        response.reason = answer.reason_phrase
-        response.headers = requests.structures.CaseInsensitiveDict(answer.headers)
-        response.raw = io.BytesIO(bytes(content))
-        response.encoding = answer.encoding
-        response.url = str(request.url)
-        response.request = request
-        return response
-
-    def close(self) -> None:
-        self._client.close()
