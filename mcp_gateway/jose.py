@@ -33,6 +33,11 @@ _REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
 
 
 def unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``'s ``object_pairs_hook`` that refuses an object naming a member twice.
+
+    Raises:
+        ValueError: a member name repeats.
+    """
     result = dict(pairs)
     if len(result) != len(pairs):
         raise ValueError("duplicate member name")
@@ -40,6 +45,11 @@ def unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def b64url_decode(segment: str, name: str) -> bytes:
+    """Decode a base64url segment (already checked against the alphabet) in its one canonical spelling.
+
+    Raises:
+        UnauthenticatedError: ``segment`` is not valid or not canonical base64url; the detail names ``name``.
+    """
     # The caller has already checked the alphabet; refuse non-canonical trailing bits too, so that one
     # token has exactly one spelling.
     if len(segment) % 4 == 1:
@@ -59,6 +69,11 @@ def _refuse_constant(name: str) -> Any:
 
 
 def json_object(data: bytes, name: str) -> dict[str, Any]:
+    """Parse strict JSON that must be an object: no duplicate names, no ``NaN`` or ``Infinity``.
+
+    Raises:
+        UnauthenticatedError: ``data`` is not strict JSON or not an object; the detail names ``name``.
+    """
     try:
         value = json.loads(data, object_pairs_hook=unique_pairs, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:
@@ -72,6 +87,11 @@ def json_object(data: bytes, name: str) -> dict[str, Any]:
 
 
 def check_audience(aud: Any, audience: str) -> None:
+    """Check that the ``aud`` claim (a string or a list of strings) names ``audience``.
+
+    Raises:
+        UnauthenticatedError: ``aud`` is missing, of another type, or does not name ``audience``.
+    """
     if isinstance(aud, str):
         if aud == audience:
             return
@@ -84,6 +104,11 @@ def check_audience(aud: Any, audience: str) -> None:
 
 
 def numeric_date(claims: dict[str, Any], name: str) -> float | None:
+    """The claim ``name`` as a finite NumericDate (epoch seconds), or None when the claim is absent.
+
+    Raises:
+        UnauthenticatedError: the claim is present but not a finite number (``true`` included).
+    """
     value = claims.get(name)
     if value is None and name not in claims:
         return None
@@ -100,6 +125,11 @@ def numeric_date(claims: dict[str, Any], name: str) -> float | None:
 
 
 def string_list(claims: dict[str, Any], name: str, limit: int) -> list[str]:
+    """The claim ``name`` as a list of at most ``limit`` strings; an absent claim is an empty list.
+
+    Raises:
+        UnauthenticatedError: the claim is not a list of strings, or has more than ``limit`` entries.
+    """
     value = claims.get(name, [])
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise UnauthenticatedError(f"{name} is not a list of strings")
@@ -109,6 +139,7 @@ def string_list(claims: dict[str, Any], name: str, limit: int) -> list[str]:
 
 
 def printable(text: str) -> bool:
+    """True when ``text`` has no control, format, separator, surrogate, private-use or unassigned character."""
     return not any(unicodedata.category(char) in _REFUSED_CATEGORIES for char in text)
 
 
