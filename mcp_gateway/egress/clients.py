@@ -143,6 +143,8 @@ class _Pinning:
 
 
 class _PinnedBackend(_Pinning):
+    """The async backend, for ``httpcore`` and ``httpcore2`` alike."""
+
     async def connect_tcp(self, host: str, port: int, **options: Any) -> Any:
         with self._refusals():
             addresses = await self._pinner.addresses(host, port)
@@ -179,8 +181,13 @@ class _SyncPinnedBackend(_Pinning):
 
 
 class _Guard:
-    """What a guarded transport does around the pool it owns: the allowlist and header checks, and the
-    translation between the client library's request and response and the connection library's."""
+    """What a guarded transport does around the pool it owns, for either stack.
+
+    It refuses an origin off the allowlist before the pool sees the request, drops headers off ``headers``
+    (None: keeps all), and translates between the client library's request and response and the connection
+    library's, as the library's own transport would. TLS is the pool's: the certificate and SNI are checked
+    against the URL's host name, whichever checked address the backend connected to.
+    """
 
     def __init__(self, stack: _Stack, egress: EgressSettings, pool: Any, headers: frozenset[str] | None) -> None:
         self.stack = stack
@@ -229,12 +236,16 @@ class _Guard:
         return response
 
 
-class _AsyncBody:
-    """A pool's answer body with its errors mapped; mixed into each client library's byte-stream type below."""
+class _Body:
+    """A pool's answer body, read with the pool's errors mapped to the client library's."""
 
     def __init__(self, stack: _Stack, stream: Any) -> None:
         self._stack = stack
         self._stream = stream
+
+
+class _AsyncBody(_Body):
+    """Mixed into each client library's async byte-stream type below."""
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         with self._stack.mapped_errors():
@@ -245,17 +256,38 @@ class _AsyncBody:
         await self._stream.aclose()
 
 
-class _AsyncFace:
-    """An async transport around a guard; mixed into each client library's transport type below."""
+class _SyncBody(_Body, httpx.SyncByteStream):
+    def __iter__(self) -> Iterator[bytes]:
+        with self._stack.mapped_errors():
+            yield from self._stream
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+class _Face:
+    """A client library's transport around a guard."""
 
     def __init__(self, guard: _Guard) -> None:
         self._guard = guard
+
+
+class _AsyncFace(_Face):
+    """Mixed into each client library's async transport type below."""
 
     async def handle_async_request(self, request: Any) -> Any:
         return await self._guard.send_async(request)
 
     async def aclose(self) -> None:
         await self._guard.pool.aclose()
+
+
+class _SyncGuardedTransport(_Face, httpx.BaseTransport):
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self._guard.send(request)
+
+    def close(self) -> None:
+        self._guard.pool.close()
 
 
 # Each client checks that its transport and its response bodies are of its own types; these are those types.
@@ -273,30 +305,6 @@ class _GuardedTransport(_AsyncFace, httpx.AsyncBaseTransport):
 
 class _GuardedTransport2(_AsyncFace, httpx2.AsyncBaseTransport):
     pass
-
-
-class _SyncBody(httpx.SyncByteStream):
-    def __init__(self, stack: _Stack, stream: Any) -> None:
-        self._stack = stack
-        self._stream = stream
-
-    def __iter__(self) -> Iterator[bytes]:
-        with self._stack.mapped_errors():
-            yield from self._stream
-
-    def close(self) -> None:
-        self._stream.close()
-
-
-class _SyncGuardedTransport(httpx.BaseTransport):
-    def __init__(self, guard: _Guard) -> None:
-        self._guard = guard
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        return self._guard.send(request)
-
-    def close(self) -> None:
-        self._guard.pool.close()
 
 
 _HTTPX = _Stack.of(httpx, httpcore, EgressDeniedError, _HttpxBody)
