@@ -5,36 +5,32 @@ chosen by ``kid``; a token can never name its own key (``jku``, ``x5u``, ``jwk``
 asymmetric algorithms in ``identity.algorithms`` are accepted, and the key's type must fit the algorithm, so
 an RSA public key can never be used as an HMAC secret. Every claim the gateway relies on is type-checked.
 
-This is the only module that imports ``jwt`` for verification (``devkeys.py`` mints development tokens).
-Each refusal raises ``UnauthenticatedError`` whose detail names the reason for the audit trail; callers only
-ever see the error's ``public_message``.
+This module verifies signatures with ``jwt``'s algorithms; ``jwks.py`` loads the keys (with ``jwt``'s JWK
+parser), ``jose.py`` reads the token's parts strictly, and ``devkeys.py`` mints development tokens. Each
+refusal raises ``UnauthenticatedError`` whose detail names the reason for the audit trail; callers only ever
+see the error's ``public_message``.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import json
 import logging
 import math
 import re
 import threading
 import time
-import unicodedata
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
-import httpx
 from jwt.algorithms import Algorithm, get_default_algorithms
-from jwt.api_jwk import PyJWK
 from jwt.exceptions import PyJWTError
 from mcp.server.auth.provider import AccessToken
 
 from mcp_gateway.config import IdentitySettings
-from mcp_gateway.errors import ConfigError, UnauthenticatedError
+from mcp_gateway.errors import UnauthenticatedError
+from mcp_gateway.jose import b64url_decode, check_audience, json_object, numeric_date, printable, shown, string_list
+from mcp_gateway.jwks import KEY_FITS, JwkSet, VerificationKey, load_jwks, parse_jwks
 
 __all__ = [
     "Catalog",
@@ -69,22 +65,6 @@ _KEY_BEARING_HEADERS = ("jku", "x5u", "jwk", "x5c")
 _EXTENSION_HEADERS = ("crit", "b64", "zip")
 # RFC 8725 §3.11: if a token is explicitly typed, it must be typed as an access token (or plain JWT).
 _ACCEPTED_TYPES = frozenset({"jwt", "at+jwt", "application/at+jwt"})
-# Unicode categories refused in subjects and other short strings: controls, format characters (bidi
-# overrides, zero-width), line/paragraph separators, surrogates, private use and unassigned.
-_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
-# Which JWK a signature algorithm may use. HS* and `none` are absent on purpose: no key fits them.
-_KEY_FITS: Mapping[str, tuple[str, frozenset[str | None]]] = {
-    "RS256": ("RSA", frozenset({None})),
-    "RS384": ("RSA", frozenset({None})),
-    "RS512": ("RSA", frozenset({None})),
-    "PS256": ("RSA", frozenset({None})),
-    "PS384": ("RSA", frozenset({None})),
-    "PS512": ("RSA", frozenset({None})),
-    "ES256": ("EC", frozenset({"P-256"})),
-    "ES384": ("EC", frozenset({"P-384"})),
-    "EdDSA": ("OKP", frozenset({"Ed25519", "Ed448"})),
-}
-_MIN_RSA_BITS = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,32 +88,6 @@ class Principal:
     token_id: str | None
     issuer: str
     expires_at: int
-
-
-@dataclass(frozen=True, slots=True)
-class VerificationKey:
-    """One public key from the JWKS.
-
-    Attributes:
-        kid: The key id tokens select it by.
-        kty: JWK key type: ``RSA``, ``EC`` or ``OKP``.
-        crv: The curve for ``EC`` and ``OKP`` keys.
-        alg: The algorithm the JWK pins, if it declares one.
-        public_key: The ``cryptography`` public key object.
-    """
-
-    kid: str
-    kty: str
-    crv: str | None
-    alg: str | None
-    public_key: Any
-
-
-@dataclass(frozen=True, slots=True)
-class JwkSet:
-    """The public keys tokens may be signed with, by ``kid``."""
-
-    keys: Mapping[str, VerificationKey]
 
 
 class GatewayAccessToken(AccessToken):
@@ -180,7 +134,7 @@ class JwtVerifier:
         self._lock = threading.Lock()
         available = get_default_algorithms()
         self._algorithms: dict[str, Algorithm] = {
-            name: available[name] for name in settings.algorithms if name in _KEY_FITS and name in available
+            name: available[name] for name in settings.algorithms if name in KEY_FITS and name in available
         }
 
     def verify(self, token: str) -> Principal:
@@ -252,17 +206,17 @@ class JwtVerifier:
         if not _COMPACT_JWS.fullmatch(token):
             raise UnauthenticatedError("token is not a compact JWS of three base64url segments")
         header_segment, payload_segment, signature_segment = token.split(".")
-        header = _json_object(_b64decode(header_segment, "header"), "header")
+        header = json_object(b64url_decode(header_segment, "header"), "header")
         key, algorithm = self._select_key(header)
         signing_input = f"{header_segment}.{payload_segment}".encode("ascii")
-        signature = _b64decode(signature_segment, "signature")
+        signature = b64url_decode(signature_segment, "signature")
         try:
             valid = algorithm.verify(signing_input, key, signature)
         except (PyJWTError, ValueError, TypeError) as exc:
             raise UnauthenticatedError(f"signature could not be checked: {type(exc).__name__}") from exc
         if not valid:
             raise UnauthenticatedError("signature verification failed")
-        claims = _json_object(_b64decode(payload_segment, "payload"), "payload")
+        claims = json_object(b64url_decode(payload_segment, "payload"), "payload")
         return self._principal(claims, now)
 
     def _select_key(self, header: dict[str, Any]) -> tuple[Any, Algorithm]:
@@ -274,10 +228,10 @@ class JwtVerifier:
                 raise UnauthenticatedError(f"header carries unsupported extension {name!r}")
         typ = header.get("typ")
         if typ is not None and (not isinstance(typ, str) or typ.lower() not in _ACCEPTED_TYPES):
-            raise UnauthenticatedError(f"header typ {_shown(typ)} is not an access token type")
+            raise UnauthenticatedError(f"header typ {shown(typ)} is not an access token type")
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self._algorithms:
-            raise UnauthenticatedError(f"header alg {_shown(alg)} is not one of {list(self._algorithms)}")
+            raise UnauthenticatedError(f"header alg {shown(alg)} is not one of {list(self._algorithms)}")
         kid = header.get("kid")
         if kid is None:
             raise UnauthenticatedError("header has no kid")
@@ -285,16 +239,16 @@ class JwtVerifier:
             raise UnauthenticatedError("header kid is not a string")
         entry = self._keys.keys.get(kid)
         if entry is None:
-            raise UnauthenticatedError(f"header kid {_shown(kid)} is not in the JWKS")
-        kty, curves = _KEY_FITS[alg]
+            raise UnauthenticatedError(f"header kid {shown(kid)} is not in the JWKS")
+        kty, curves = KEY_FITS[alg]
         if entry.kty != kty or entry.crv not in curves or (entry.alg is not None and entry.alg != alg):
-            raise UnauthenticatedError(f"key {_shown(kid)} ({entry.kty}, {entry.crv}) does not fit alg {alg}")
+            raise UnauthenticatedError(f"key {shown(kid)} ({entry.kty}, {entry.crv}) does not fit alg {alg}")
         algorithm = self._algorithms[alg]
         try:
             # pyjwt checks the key's class (and an EC key's curve) against the algorithm once more.
             prepared = algorithm.prepare_key(entry.public_key)
         except (PyJWTError, ValueError, TypeError) as exc:
-            raise UnauthenticatedError(f"key {_shown(kid)} does not fit alg {alg}") from exc
+            raise UnauthenticatedError(f"key {shown(kid)} does not fit alg {alg}") from exc
         return prepared, algorithm
 
     def _principal(self, claims: dict[str, Any], now: float) -> Principal:
@@ -303,12 +257,12 @@ class JwtVerifier:
         issuer = claims.get("iss")
         if issuer != settings.issuer or not isinstance(issuer, str):
             raise UnauthenticatedError("iss is missing or not the configured issuer")
-        _check_audience(claims.get("aud"), settings.audience)
-        exp = _numeric_date(claims, "exp")
+        check_audience(claims.get("aud"), settings.audience)
+        exp = numeric_date(claims, "exp")
         if exp is None:
             raise UnauthenticatedError("exp is missing")
-        nbf = _numeric_date(claims, "nbf")
-        iat = _numeric_date(claims, "iat")
+        nbf = numeric_date(claims, "nbf")
+        iat = numeric_date(claims, "iat")
         if now >= exp + leeway:
             raise UnauthenticatedError("token expired")
         if nbf is not None and now + leeway < nbf:
@@ -323,20 +277,20 @@ class JwtVerifier:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
             raise UnauthenticatedError("sub is missing or not a non-empty string")
-        if len(subject) > MAX_SUBJECT_CHARS or not _printable(subject):
+        if len(subject) > MAX_SUBJECT_CHARS or not printable(subject):
             raise UnauthenticatedError("sub is too long or contains control characters")
         catalog = claims.get("catalog")
         if not isinstance(catalog, str) or catalog not in CATALOGS:
-            raise UnauthenticatedError(f"catalog {_shown(catalog)} is not one of {sorted(CATALOGS)}")
-        roles = _string_list(claims, "roles", MAX_ROLES)
+            raise UnauthenticatedError(f"catalog {shown(catalog)} is not one of {sorted(CATALOGS)}")
+        roles = string_list(claims, "roles", MAX_ROLES)
         if not all(_ROLE.fullmatch(role) for role in roles):
             raise UnauthenticatedError("roles contains a role that is not [A-Za-z0-9_.:-]{1,64}")
-        amr = _string_list(claims, "amr", MAX_AMR)
-        if not all(len(method) <= MAX_SHORT_CLAIM_CHARS and _printable(method) for method in amr):
+        amr = string_list(claims, "amr", MAX_AMR)
+        if not all(len(method) <= MAX_SHORT_CLAIM_CHARS and printable(method) for method in amr):
             raise UnauthenticatedError("amr contains an overlong or unprintable method")
         token_id = claims.get("jti")
         if token_id is not None and (
-            not isinstance(token_id, str) or len(token_id) > MAX_TOKEN_ID_CHARS or not _printable(token_id)
+            not isinstance(token_id, str) or len(token_id) > MAX_TOKEN_ID_CHARS or not printable(token_id)
         ):
             raise UnauthenticatedError("jti is not a printable string of at most 256 characters")
         return Principal(
@@ -365,181 +319,3 @@ def principal_from(access_token: AccessToken) -> Principal:
     if not isinstance(access_token, GatewayAccessToken):
         raise UnauthenticatedError(f"access token of type {type(access_token).__name__} carries no principal")
     return access_token.principal
-
-
-def load_jwks(settings: IdentitySettings, http_get: Callable[[str], bytes] | None = None) -> JwkSet:
-    """Load the JWKS from ``settings.jwks_file`` or, through ``http_get``, from ``settings.jwks_url``.
-
-    Args:
-        settings: Names the file or URL.
-        http_get: Fetches a URL's body, raising ``httpx.HTTPError`` or ``OSError`` on failure; the caller passes
-            one guarded by ``egress.allow`` (``egress.guarded_get``).
-
-    Returns:
-        The public keys, by ``kid``.
-
-    Raises:
-        ConfigError: The JWKS cannot be read or is invalid; see ``parse_jwks``.
-    """
-    if settings.jwks_file is not None:
-        source = str(settings.jwks_file)
-        try:
-            data = Path(settings.jwks_file).read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"identity.jwks_file {source}: cannot read: {exc.strerror or exc}") from exc
-    elif settings.jwks_url is not None:
-        source = settings.jwks_url
-        if http_get is None:
-            raise ConfigError("identity.jwks_url is set but no HTTP client was given to fetch it")
-        try:
-            data = http_get(settings.jwks_url)
-        except (httpx.HTTPError, OSError, ValueError) as exc:
-            raise ConfigError(f"identity.jwks_url {source}: cannot fetch: {exc}") from exc
-    else:  # pragma: no cover - IdentitySettings requires exactly one source
-        raise ConfigError("identity: set jwks_file or jwks_url")
-    return parse_jwks(data, source=source)
-
-
-def parse_jwks(data: bytes | str, *, source: str = "JWKS") -> JwkSet:
-    """Parse a JWKS document ``{"keys": [...]}`` of public signature keys.
-
-    Args:
-        data: The JSON document.
-        source: Names the document in error messages.
-
-    Returns:
-        The public keys, by ``kid``.
-
-    Raises:
-        ConfigError: Not JSON, no keys, a key without a string ``kid``, a duplicate ``kid``, a symmetric
-            (``oct``) or private key, a key not for signatures, an RSA key under 2048 bits, or a key
-            ``cryptography`` cannot load.
-    """
-    try:
-        document = json.loads(data, object_pairs_hook=_unique_pairs)
-    except (ValueError, RecursionError) as exc:
-        raise ConfigError(f"{source}: not a valid JSON document: {exc}") from exc
-    if not isinstance(document, dict) or not isinstance(document.get("keys"), list) or not document["keys"]:
-        raise ConfigError(f'{source}: expected {{"keys": [...]}} with at least one key')
-    keys: dict[str, VerificationKey] = {}
-    for index, jwk in enumerate(document["keys"]):
-        key = _verification_key(jwk, f"{source}: keys[{index}]")
-        if key.kid in keys:
-            raise ConfigError(f"{source}: keys[{index}]: duplicate kid {key.kid!r}")
-        keys[key.kid] = key
-    return JwkSet(keys=keys)
-
-
-def _verification_key(jwk: Any, where: str) -> VerificationKey:
-    if not isinstance(jwk, dict):
-        raise ConfigError(f"{where}: not a JSON object")
-    kid = jwk.get("kid")
-    if not isinstance(kid, str) or not kid:
-        raise ConfigError(f"{where}: every key needs a non-empty string kid")
-    kty = jwk.get("kty")
-    if kty == "oct":
-        raise ConfigError(f"{where} ({kid}): symmetric (oct) keys are refused; publish only public keys")
-    if kty not in ("RSA", "EC", "OKP"):
-        raise ConfigError(f"{where} ({kid}): unsupported kty {kty!r}")
-    if "d" in jwk:
-        raise ConfigError(f"{where} ({kid}): contains private key material; publish only the public key")
-    if jwk.get("use", "sig") != "sig":
-        raise ConfigError(f"{where} ({kid}): use is {jwk.get('use')!r}, not 'sig'")
-    alg = jwk.get("alg")
-    if alg is not None and alg not in _KEY_FITS:
-        raise ConfigError(f"{where} ({kid}): alg {alg!r} is not an accepted signature algorithm")
-    try:
-        public_key = PyJWK(jwk).key
-    except PyJWTError as exc:
-        raise ConfigError(f"{where} ({kid}): not a usable key: {exc}") from exc
-    key_size = getattr(public_key, "key_size", None)
-    if kty == "RSA" and isinstance(key_size, int) and key_size < _MIN_RSA_BITS:
-        raise ConfigError(f"{where} ({kid}): RSA key of {key_size} bits; at least {_MIN_RSA_BITS} are required")
-    crv = jwk.get("crv")
-    return VerificationKey(kid=kid, kty=kty, crv=crv if isinstance(crv, str) else None, alg=alg, public_key=public_key)
-
-
-def _b64decode(segment: str, name: str) -> bytes:
-    # The caller has already checked the alphabet; refuse non-canonical trailing bits too, so that one
-    # token has exactly one spelling.
-    if len(segment) % 4 == 1:
-        raise UnauthenticatedError(f"{name} is not valid base64url")
-    try:
-        decoded = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError) as exc:
-        raise UnauthenticatedError(f"{name} is not valid base64url") from exc
-    if base64.urlsafe_b64encode(decoded).rstrip(b"=") != segment.encode("ascii"):
-        raise UnauthenticatedError(f"{name} is not canonical base64url")
-    return decoded
-
-
-def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise ValueError("duplicate member name")
-    return result
-
-
-def _refuse_constant(name: str) -> Any:
-    # Python's json accepts NaN and Infinity, which are not JSON.
-    raise ValueError(f"{name} is not JSON")
-
-
-def _json_object(data: bytes, name: str) -> dict[str, Any]:
-    try:
-        value = json.loads(data, object_pairs_hook=_unique_pairs, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as exc:
-        # Duplicate names are refused so that no other parser can read different claims (RFC 8725 §2.7).
-        raise UnauthenticatedError(
-            f"{name} is not strict JSON (duplicate names, NaN and Infinity are refused)"
-        ) from exc
-    if not isinstance(value, dict):
-        raise UnauthenticatedError(f"{name} is not a JSON object")
-    return value
-
-
-def _check_audience(aud: Any, audience: str) -> None:
-    if isinstance(aud, str):
-        if aud == audience:
-            return
-    elif isinstance(aud, list) and all(isinstance(item, str) for item in aud):
-        if audience in aud:
-            return
-    else:
-        raise UnauthenticatedError("aud is missing or not a string or list of strings")
-    raise UnauthenticatedError("aud does not name this gateway")
-
-
-def _numeric_date(claims: dict[str, Any], name: str) -> float | None:
-    value = claims.get(name)
-    if value is None and name not in claims:
-        return None
-    # bool is an int subclass; `true` is not a date.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise UnauthenticatedError(f"{name} is not a NumericDate")
-    try:
-        number = float(value)
-    except OverflowError as exc:
-        raise UnauthenticatedError(f"{name} is not a NumericDate") from exc
-    if not math.isfinite(number):
-        raise UnauthenticatedError(f"{name} is not a NumericDate")
-    return number
-
-
-def _string_list(claims: dict[str, Any], name: str, limit: int) -> list[str]:
-    value = claims.get(name, [])
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise UnauthenticatedError(f"{name} is not a list of strings")
-    if len(value) > limit:
-        raise UnauthenticatedError(f"{name} has more than {limit} entries")
-    return value
-
-
-def _printable(text: str) -> bool:
-    return not any(unicodedata.category(char) in _REFUSED_CATEGORIES for char in text)
-
-
-def _shown(value: Any) -> str:
-    """A bounded, escaped rendering of an untrusted value for the audit detail."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."

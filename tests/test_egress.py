@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import httpx2
 import pytest
 
 from mcp_gateway.config import EgressSettings
@@ -13,11 +16,21 @@ from mcp_gateway.egress import (
     EgressDeniedError,
     Httpx2EgressDeniedError,
     guarded_async_client,
+    guarded_client,
     guarded_get,
     guarded_httpx2_client,
 )
+from mcp_gateway.errors import ConfigError
 from tests.conftest import ExampleApi, free_port
 from tests.test_upstream import RawServer
+
+
+@contextmanager
+def start_up_failure(cause: type[Exception]) -> Iterator[None]:
+    """The start-up fetch fails as a ``ConfigError`` caused by ``cause`` (the ``httpx`` error it translated)."""
+    with pytest.raises(ConfigError) as failed:
+        yield
+    assert isinstance(failed.value.__cause__, cause)
 
 
 def test_allowlisted_origin_is_fetched(example_api: ExampleApi) -> None:
@@ -27,7 +40,7 @@ def test_allowlisted_origin_is_fetched(example_api: ExampleApi) -> None:
 
 def test_origin_off_the_allowlist_is_refused_before_connecting(example_api: ExampleApi) -> None:
     closed = f"http://127.0.0.1:{free_port()}"  # nothing listens: a connection attempt would be ConnectError
-    with pytest.raises(EgressDeniedError):
+    with start_up_failure(EgressDeniedError):
         guarded_get(EgressSettings(allow=(example_api.url,)), f"{closed}/jwks.json")
 
 
@@ -41,18 +54,24 @@ def test_origin_off_the_allowlist_is_refused_before_connecting(example_api: Exam
 )
 def test_lookalike_urls_are_refused(example_api: ExampleApi, url: str) -> None:
     port = example_api.url.rsplit(":", 1)[1]
-    with pytest.raises(EgressDeniedError):
+    with start_up_failure(EgressDeniedError):
         guarded_get(EgressSettings(allow=(example_api.url,)), url.format(port=port))
 
 
 def test_response_over_the_cap_is_refused(example_api: ExampleApi) -> None:
-    with pytest.raises(httpx.DecodingError):
+    with start_up_failure(httpx.DecodingError):
         guarded_get(EgressSettings(allow=(example_api.url,)), f"{example_api.url}/_seen", max_bytes=1)
 
 
 def test_error_status_is_an_error(example_api: ExampleApi) -> None:
-    with pytest.raises(httpx.HTTPStatusError):
+    with start_up_failure(httpx.HTTPStatusError):
         guarded_get(EgressSettings(allow=(example_api.url,)), f"{example_api.url}/nope")
+
+
+def test_connect_failure_at_start_up_is_a_config_error() -> None:
+    closed = f"http://127.0.0.1:{free_port()}"  # on the allowlist, but nothing listens
+    with start_up_failure(httpx.ConnectError):
+        guarded_get(EgressSettings(allow=(closed,)), f"{closed}/jwks.json")
 
 
 # --- Address pinning, on both HTTP stacks ---------------------------------------------------------------------
@@ -162,7 +181,7 @@ async def test_proxy_variables_and_netrc_are_ignored(
 def test_start_up_fetch_pins_the_address_too(example_api: ExampleApi) -> None:
     origin, egress = named(example_api)
     assert guarded_get(egress, f"{origin}/health", resolver=Resolver(["127.0.0.1"]).sync) == b'{"status":"ok"}'
-    with pytest.raises(EgressDeniedError):
+    with start_up_failure(EgressDeniedError):
         guarded_get(egress, f"{origin}/health", resolver=Resolver(["169.254.169.254"]).sync)
 
 
@@ -176,3 +195,44 @@ async def test_model_client_sends_only_allowlisted_headers(example_api: ExampleA
     assert response.request.headers.get("x-leak") is None
     assert response.request.headers.get("openai-organization") is None
     assert set(response.request.headers) <= MODEL_HEADERS
+
+
+# --- One guard for every client: each refuses and fails with its own library's errors -------------------------
+
+FACES = [*STACKS, pytest.param("httpx-sync", id="httpx-sync")]
+LIBRARY = {"httpx": httpx, "httpx-sync": httpx, "httpx2": httpx2}
+REFUSAL = {"httpx": EgressDeniedError, "httpx-sync": EgressDeniedError, "httpx2": Httpx2EgressDeniedError}
+
+
+async def fetch_on(face: str, egress: EgressSettings, url: str, resolver: Resolver) -> int:
+    if face != "httpx-sync":
+        return await fetch(face, egress, url, resolver)
+    with guarded_client(egress, resolver=resolver.sync) as client:
+        return client.get(url).status_code
+
+
+@pytest.mark.parametrize("face", FACES)
+async def test_forbidden_address_is_refused_with_the_clients_own_error(example_api: ExampleApi, face: str) -> None:
+    origin, egress = named(example_api)
+    with pytest.raises(REFUSAL[face]) as refused:
+        await fetch_on(face, egress, f"{origin}/health", Resolver(["169.254.169.254"]))
+    # A RequestError of the client's own library, so that the caller's handler for that library catches it.
+    assert isinstance(refused.value, LIBRARY[face].RequestError)
+
+
+@pytest.mark.parametrize("face", FACES)
+async def test_connect_failure_is_the_clients_own_error(example_api: ExampleApi, face: str) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(LIBRARY[face].ConnectError) as failed:
+        await fetch_on(face, EgressSettings(allow=(closed,)), f"{closed}/x", Resolver(["127.0.0.1"]))
+    assert type(failed.value) is LIBRARY[face].ConnectError
+
+
+@pytest.mark.parametrize("face", FACES)
+async def test_broken_body_is_the_clients_own_error(face: str) -> None:
+    short = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nConnection: close\r\n\r\nshort"
+    with RawServer({"/short": short}) as server:
+        egress = EgressSettings(allow=(server.url,))
+        with pytest.raises(LIBRARY[face].RemoteProtocolError) as failed:
+            await fetch_on(face, egress, f"{server.url}/short", Resolver(["127.0.0.1"]))
+    assert type(failed.value) is LIBRARY[face].RemoteProtocolError

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -19,8 +18,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from mcp.server.auth.provider import AccessToken
 
-from mcp_gateway.config import IdentitySettings
+from mcp_gateway.config import EgressSettings, IdentitySettings
 from mcp_gateway.devkeys import DEV_JWKS_FILE, DEV_KEY_FILE, ensure_dev_key
+from mcp_gateway.egress import EgressDeniedError, guarded_get
 from mcp_gateway.errors import ConfigError, UnauthenticatedError
 from mcp_gateway.identity import (
     GatewayAccessToken,
@@ -475,7 +475,7 @@ def test_jwks_url_without_a_getter_or_failing_is_a_config_error() -> None:
         raise OSError("connection refused")
 
     def denied(address: str) -> bytes:
-        raise httpx.ConnectError("egress to this origin is not allowed")
+        raise ConfigError("egress to this origin is not allowed")
 
     with pytest.raises(ConfigError):
         load_jwks(settings)
@@ -483,6 +483,16 @@ def test_jwks_url_without_a_getter_or_failing_is_a_config_error() -> None:
         load_jwks(settings, refused)
     with pytest.raises(ConfigError):
         load_jwks(settings, denied)
+
+
+def test_jwks_url_refused_by_the_egress_guard_is_a_config_error_naming_the_key() -> None:
+    settings = IdentitySettings(issuer=ISSUER, audience=AUDIENCE, jwks_url="https://idp.example.test/jwks.json")
+
+    with pytest.raises(ConfigError, match=r"identity\.jwks_url") as failed:
+        load_jwks(settings, lambda address: guarded_get(EgressSettings(allow=()), address))
+
+    assert isinstance(failed.value.__cause__, ConfigError)
+    assert isinstance(failed.value.__cause__.__cause__, EgressDeniedError)
 
 
 # --- development keys -----------------------------------------------------------------------------------------
