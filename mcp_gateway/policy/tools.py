@@ -24,7 +24,8 @@ from typing import Literal
 
 from mcp_gateway.catalog import PARTNER_CATALOGS, CatalogSet
 from mcp_gateway.errors import ConfigError
-from mcp_gateway.policy import PolicySnapshot, Rule, load_policy
+from mcp_gateway.policy.files import load_policy
+from mcp_gateway.policy.snapshot import PolicySnapshot, Rule, compile_tool_pattern
 
 __all__ = ["Case", "Issue", "access", "diff", "lint", "read_cases", "run_cases"]
 
@@ -95,9 +96,7 @@ def _closure(snapshot: PolicySnapshot, subject: str) -> set[str]:
 
 
 def _matching(snapshot: PolicySnapshot, rule: Rule, tools: Iterable[str]) -> frozenset[str]:
-    from mcp_gateway.policy import _glob  # the engine's own matcher, so lint and decisions agree
-
-    pattern = _glob(rule.pattern)
+    pattern = compile_tool_pattern(rule.pattern)  # the engine's own matcher, so lint and decisions agree
     return frozenset(tool for tool in tools if pattern.fullmatch(tool))
 
 
