@@ -186,6 +186,10 @@ class PolicySnapshot:
         matched.sort(key=lambda item: item[0])
         return Explanation(decision, tuple(sorted(subjects)), tuple(rule for _, rule in matched))
 
+    def inherited(self, subject: str) -> frozenset[str]:
+        """``subject`` (``user:<name>`` or ``role:<name>``) and every role it reaches through ``g`` lines."""
+        return self._closure.get(subject, frozenset((subject,)))
+
     def _effective(self, subject: str, roles: tuple[str, ...]) -> set[str]:
         found: set[str] = set()
         for start in (f"user:{subject}", *(f"role:{role}" for role in roles)):

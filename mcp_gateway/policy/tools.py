@@ -82,19 +82,6 @@ def _raw_issues(policies_dir: Path) -> list[Issue]:
     return issues
 
 
-def _closure(snapshot: PolicySnapshot, subject: str) -> set[str]:
-    parents: dict[str, list[str]] = {}
-    for member, role in snapshot.groupings:
-        parents.setdefault(member, []).append(role)
-    seen, todo = {subject}, [subject]
-    while todo:
-        for role in parents.get(todo.pop(), ()):
-            if role not in seen:
-                seen.add(role)
-                todo.append(role)
-    return seen
-
-
 def _matching(snapshot: PolicySnapshot, rule: Rule, tools: Iterable[str]) -> frozenset[str]:
     pattern = compile_tool_pattern(rule.pattern)  # the engine's own matcher, so lint and decisions agree
     return frozenset(tool for tool in tools if pattern.fullmatch(tool))
@@ -127,7 +114,7 @@ def lint(policies_dir: Path, catalogs: CatalogSet) -> list[Issue]:
     for rule, tools in matched.items():
         if not tools:
             continue
-        subjects = _closure(snapshot, rule.subject)
+        subjects = snapshot.inherited(rule.subject)
         for other, other_tools in matched.items():
             if other is rule or other.catalog != rule.catalog or other.subject not in subjects:
                 continue
