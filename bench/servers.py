@@ -119,7 +119,7 @@ def _governed(config: str, transport: str, echo: str, audit: str) -> None:
         gateway = build_gateway(settings)
         if echo == "local":
             gateway.backends.use("http", LocalEcho())
-        _diagnostic_audit(gateway, audit)
+        install_diagnostic_audit(gateway, audit)
         return gateway
 
     server_module.build_gateway = build
@@ -144,7 +144,7 @@ class _FilteredAudit:
         return getattr(self._inner, name)
 
 
-def _diagnostic_audit(gateway: Any, audit: str) -> None:
+def install_diagnostic_audit(gateway: Any, audit: str) -> None:
     """DIAGNOSTICS ONLY, never a deployment option: take audit rows out to measure what they cost.
 
     ``decision-off`` drops the decision row committed before the backend (one row per call instead of two);

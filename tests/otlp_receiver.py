@@ -8,7 +8,7 @@ request waits until ``release()``), which is how the tests show a stuck collecto
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -50,13 +50,26 @@ class OtlpReceiver:
     metrics: dict[str, list[Any]] = field(default_factory=dict)
     requests: int = 0
     _gate: threading.Event = field(default_factory=threading.Event)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    # A condition (over an RLock) so that wait_until wakes on each export instead of polling.
+    _lock: threading.Condition = field(default_factory=threading.Condition)
 
     def hold(self) -> None:
         self._gate.clear()
 
     def release(self) -> None:
         self._gate.set()
+
+    def wait_until(self, condition: Callable[[], Any], timeout: float = 20) -> Any:
+        """Block until ``condition()`` is truthy, checking it again after each export arrives; return its value.
+
+        Raises:
+            AssertionError: it is still falsy after ``timeout`` seconds.
+        """
+        with self._lock:
+            value = self._lock.wait_for(condition, timeout)
+        if not value:
+            raise AssertionError("condition not met in time")
+        return value
 
     def metric_total(self, name: str) -> float:
         with self._lock:
@@ -83,6 +96,7 @@ class OtlpReceiver:
                                     scope=scope.scope.name,
                                 )
                             )
+                self._lock.notify_all()
                 return ExportTraceServiceResponse().SerializeToString()
             metrics_request = ExportMetricsServiceRequest.FromString(body)
             for resource_metrics in metrics_request.resource_metrics:
@@ -96,6 +110,7 @@ class OtlpReceiver:
                         ]
                         # Cumulative temporality: keep the latest report of each metric.
                         self.metrics[metric.name] = values
+            self._lock.notify_all()
             return ExportMetricsServiceResponse().SerializeToString()
 
 

@@ -15,7 +15,7 @@ import pytest
 from bench import audit_bench, echo_bench, gateway_bench
 from bench.common import free_port, make_deployment, python_env, server_process
 from bench.report import markdown
-from bench.servers import _diagnostic_audit
+from bench.servers import install_diagnostic_audit
 from mcp_gateway.audit.log import AuditLog
 
 pytestmark = pytest.mark.slow
@@ -46,7 +46,7 @@ def test_echo_measure_counts_every_call_on_bare_and_governed_servers() -> None:
 def test_diagnostic_audit_hooks_still_reach_the_gateway(tmp_path: Path, audit: str, rows_per_call: int) -> None:
     # The diagnostics wrap Gateway.audit; if that seam moves, they must fail loudly, not measure nothing.
     gateway = gateway_bench._gateway(tmp_path, 0)
-    _diagnostic_audit(gateway, audit)
+    install_diagnostic_audit(gateway, audit)
     figures = asyncio.run(gateway_bench._calls(gateway, 5))
     gateway.audit.close()
     assert figures["audit_rows_per_call"] == rows_per_call

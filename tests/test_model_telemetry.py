@@ -22,7 +22,7 @@ from tests.conftest import ExampleApi, make_deployment
 from tests.fault_model import FaultServer, running_fault_server
 from tests.model_setup import model, model_tool
 from tests.otlp_receiver import ReceivedSpan, running_receiver
-from tests.test_telemetry import CLIENT, SERVER, gateway, wait_for
+from tests.test_telemetry import CLIENT, SERVER, gateway
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_PARENT = "00f067aa0ba902b7"
@@ -72,12 +72,12 @@ def test_each_model_request_is_a_client_span_and_the_engine_gets_its_traceparent
         before = len(engine.seen)
         with gateway(deployment) as url:
             anyio.run(_call, url, token)
-            server = wait_for(
+            server = receiver.wait_until(
                 lambda: next(
                     (s for s in receiver.spans if s.kind == SERVER and s.name == "tools/call llm.summarise"), None
                 )
             )
-            spans: list[ReceivedSpan] = wait_for(
+            spans: list[ReceivedSpan] = receiver.wait_until(
                 lambda: (
                     found
                     if len(found := [s for s in receiver.spans if s.parent_span_id == server.span_id]) >= 2

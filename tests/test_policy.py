@@ -370,6 +370,22 @@ def test_role_cycles_are_followed_once(policy_dir: Path) -> None:
     assert snapshot.explain("alice", ["a"], "internal", "crm.read").subjects == ("role:a", "role:b", "user:alice")
 
 
+def test_inherited_lists_the_subject_and_every_role_it_reaches(policy_dir: Path) -> None:
+    # policy lint judges shadowing with this closure, so it must be the one decisions use.
+    snapshot = snapshot_of(
+        policy_dir,
+        "p, role:c, internal, crm.read, call, allow\ng, user:alice, role:a\ng, role:a, role:b\n"
+        "g, role:b, role:c\ng, role:c, role:a\n",
+    )
+    assert snapshot.inherited("user:alice") == {"user:alice", "role:a", "role:b", "role:c"}
+    assert snapshot.inherited("role:b") == {"role:b", "role:c", "role:a"}
+    assert snapshot.inherited("role:c") == {"role:c", "role:a", "role:b"}
+    assert snapshot.inherited("user:bob") == {"user:bob"}
+    assert snapshot.explain("alice", [], "internal", "crm.read").subjects == tuple(
+        sorted(snapshot.inherited("user:alice"))
+    )
+
+
 # --- reload --------------------------------------------------------------------------------------------------
 
 

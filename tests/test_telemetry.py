@@ -8,8 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -73,16 +72,6 @@ async def _calls(url: str, token: str, count: int, denied: int) -> None:
                 await client.call_tool("hr.salary_lookup", {"employee_id": "e-7"})
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 20) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 def _deployment(root: Path, api: ExampleApi, key: DevKey, endpoint: str, **telemetry: Any) -> Deployment:
     return make_deployment(
         root,
@@ -106,10 +95,12 @@ def test_spans_metrics_traceparent_and_audit_rows_tell_one_story(
         before = len(example_api.seen())
         with gateway(deployment) as url:
             anyio.run(calls, url, token, 1, 1)
-            server = wait_for(lambda: _server_span(receiver, "crm.customer_lookup"))
-            client = wait_for(lambda: next((s for s in receiver.spans if s.parent_span_id == server.span_id), None))
-            denied = wait_for(lambda: _server_span(receiver, "hr.salary_lookup"))
-            wait_for(lambda: receiver.metric_total("mcp_gateway.denials") >= 1)
+            server = receiver.wait_until(lambda: _server_span(receiver, "crm.customer_lookup"))
+            client = receiver.wait_until(
+                lambda: next((s for s in receiver.spans if s.parent_span_id == server.span_id), None)
+            )
+            denied = receiver.wait_until(lambda: _server_span(receiver, "hr.salary_lookup"))
+            receiver.wait_until(lambda: receiver.metric_total("mcp_gateway.denials") >= 1)
         calls_total = receiver.metric_total("mcp_gateway.calls")
 
     # The SDK's own server span, enriched; not a span of ours per stage.
@@ -250,7 +241,7 @@ def test_stuck_collector_never_blocks_a_call_and_dropped_spans_are_counted(
         with gateway(deployment) as url:
             anyio.run(calls, url, token, 30)  # completes while the collector is stuck
             receiver.release()
-            wait_for(lambda: receiver.metric_total("mcp_gateway.telemetry.dropped_spans") > 0, timeout=30)
+            receiver.wait_until(lambda: receiver.metric_total("mcp_gateway.telemetry.dropped_spans") > 0, timeout=30)
 
 
 def test_otlp_endpoint_must_be_on_the_egress_allowlist(deployment: Deployment) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import pytest
 from mcp.client import Client
 from mcp.client.sse import sse_client
@@ -17,7 +19,7 @@ from mcp.shared.exceptions import MCPError
 
 from mcp_gateway.audit.log import AuditLog
 from mcp_gateway.errors import UNAUTHENTICATED
-from tests.conftest import API_KEY, Deployment, ExampleApi, HttpGateway
+from tests.conftest import API_KEY, Deployment, ExampleApi, HttpGateway, make_deployment
 
 INTERNAL_VISIBLE = ["crm.customer_lookup", "crm.search", "tickets.create"]
 PARTNER_VISIBLE = ["orders.status", "products.list"]
@@ -118,12 +120,6 @@ async def test_each_transport_filters_catalogs_calls_backends_and_audits(
 async def test_stdio_token_that_expires_mid_session_stops_working(
     tmp_path: Any, example_api: ExampleApi, dev_key: Any
 ) -> None:
-    import time
-
-    from mcp.client.stdio import StdioServerParameters
-
-    from tests.conftest import make_deployment
-
     deployment = make_deployment(tmp_path / "d", example_api, dev_key, identity={"leeway": 0})
     token_file = tmp_path / "token"
     token_file.write_text(deployment.mint("alice", ("support",), "internal"))
@@ -138,7 +134,9 @@ async def test_stdio_token_that_expires_mid_session_stops_working(
         short = deployment.mint("alice", ("support",), "internal", ttl=5)
         token_file.write_text(short)
         assert (await client.call_tool("crm.search", {"query": "ada"})).structured_content is not None
-        time.sleep(max(0.0, deployment.key_expiry(short) - time.time() + 1.1))
+        # The verifier runs in the gateway's process, so its clock cannot be injected from here: wait for the
+        # token's real expiry (at most ttl + 1.1 s) without blocking the loop that reads the server's pipes.
+        await anyio.sleep(max(0.0, deployment.key_expiry(short) - time.time() + 1.1))
         with pytest.raises(MCPError) as caught:
             await client.call_tool("crm.search", {"query": "ada"})
     assert caught.value.code == UNAUTHENTICATED
@@ -157,8 +155,6 @@ async def test_stdio_without_a_token_refuses_every_request(deployment: Deploymen
 async def test_running_gateway_picks_up_policy_edits_and_keeps_last_good_on_a_broken_file(
     http_gateway: HttpGateway,
 ) -> None:
-    import anyio
-
     deployment = http_gateway.deployment
     token = deployment.mint("alice", ("support",), "internal")
     policy = deployment.policies / "internal.csv"

@@ -152,7 +152,7 @@ def policy_lint(
     config: ConfigOption = None,
 ) -> None:
     """Find unknown tools and catalogs, shadowed rules, bad subjects and broad partner patterns."""
-    from mcp_gateway.policytools import lint
+    from mcp_gateway.policy.tools import lint
 
     settings = load_settings(config)
     issues = lint(settings.policies_dir, load_catalogs(settings.catalogs_dir, settings.egress))
@@ -172,7 +172,7 @@ def policy_diff(
     config: ConfigOption = None,
 ) -> None:
     """Who gains and who loses which tool between two policy versions (exit 1 when access changes)."""
-    from mcp_gateway.policytools import diff
+    from mcp_gateway.policy.tools import diff
 
     settings = load_settings(config)
     gained, lost = diff(old_dir, new_dir, load_catalogs(settings.catalogs_dir, settings.egress))
@@ -196,7 +196,7 @@ def policy_test(
     config: ConfigOption = None,
 ) -> None:
     """Check a table of expected decisions against the policy; exit 1 on any mismatch (for CI)."""
-    from mcp_gateway.policytools import read_cases, run_cases
+    from mcp_gateway.policy.tools import read_cases, run_cases
 
     _, policy = _policy(config)
     cases = read_cases(cases_file)

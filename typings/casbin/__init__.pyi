@@ -1,4 +1,4 @@
-# Minimal stub for pycasbin: only what mcp_gateway/policy.py and tests/test_policy.py use.
+# Minimal stub for pycasbin: only what mcp_gateway/policy/reference.py and tests/test_policy.py use.
 from collections.abc import Callable, ItemsView
 
 class Assertion:

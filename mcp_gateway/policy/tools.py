@@ -24,7 +24,8 @@ from typing import Literal
 
 from mcp_gateway.catalog import PARTNER_CATALOGS, CatalogSet
 from mcp_gateway.errors import ConfigError
-from mcp_gateway.policy import PolicySnapshot, Rule, load_policy
+from mcp_gateway.policy.files import load_policy
+from mcp_gateway.policy.snapshot import PolicySnapshot, Rule, compile_tool_pattern
 
 __all__ = ["Case", "Issue", "access", "diff", "lint", "read_cases", "run_cases"]
 
@@ -81,23 +82,8 @@ def _raw_issues(policies_dir: Path) -> list[Issue]:
     return issues
 
 
-def _closure(snapshot: PolicySnapshot, subject: str) -> set[str]:
-    parents: dict[str, list[str]] = {}
-    for member, role in snapshot.groupings:
-        parents.setdefault(member, []).append(role)
-    seen, todo = {subject}, [subject]
-    while todo:
-        for role in parents.get(todo.pop(), ()):
-            if role not in seen:
-                seen.add(role)
-                todo.append(role)
-    return seen
-
-
 def _matching(snapshot: PolicySnapshot, rule: Rule, tools: Iterable[str]) -> frozenset[str]:
-    from mcp_gateway.policy import _glob  # the engine's own matcher, so lint and decisions agree
-
-    pattern = _glob(rule.pattern)
+    pattern = compile_tool_pattern(rule.pattern)  # the engine's own matcher, so lint and decisions agree
     return frozenset(tool for tool in tools if pattern.fullmatch(tool))
 
 
@@ -128,7 +114,7 @@ def lint(policies_dir: Path, catalogs: CatalogSet) -> list[Issue]:
     for rule, tools in matched.items():
         if not tools:
             continue
-        subjects = _closure(snapshot, rule.subject)
+        subjects = snapshot.inherited(rule.subject)
         for other, other_tools in matched.items():
             if other is rule or other.catalog != rule.catalog or other.subject not in subjects:
                 continue
