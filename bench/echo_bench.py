@@ -148,7 +148,7 @@ def _mcp_call(client: Client) -> Call:
     return lambda: client.call_tool("echo", ARGUMENTS)
 
 
-def _http_opener(url: str, mode: str, token: str | None) -> Opener:
+def http_opener(url: str, mode: str, token: str | None) -> Opener:
     @asynccontextmanager
     async def open_() -> AsyncIterator[Call]:
         async with http_client(url, mode, token) as client:
@@ -278,7 +278,7 @@ async def _echo(
                 port = free_port()
                 url = f"http://127.0.0.1:{port}"
                 stack.enter_context(server_process(["bare", "--port", str(port)], f"{url}/healthz"))
-                openers["bare"] = _http_opener(url, mode, None)
+                openers["bare"] = http_opener(url, mode, None)
                 servers = [(name, deployment, "full") for name, deployment in deployments.items()]
                 if diagnostics and mode == "2026-07-28":
                     servers += [(name, deployments["governed"], audit) for name, audit in DIAGNOSTICS.items()]
@@ -292,7 +292,7 @@ async def _echo(
                         database = f"sqlite:///{deployment.root / 'state' / f'diagnostic-{audit}.db'}"
                         env |= {"MCP_GATEWAY_HTTP__PORT": str(port), "MCP_GATEWAY_DATABASE_URL": database}
                     stack.enter_context(server_process(args, f"{url}/healthz", env))
-                    openers[name] = _http_opener(url, mode, deployment.token)
+                    openers[name] = http_opener(url, mode, deployment.token)
             samples = await _rounds(openers, rounds, calls, sessions, calls_each)
         results[key] = _report(samples, "bare")
     return results
@@ -310,8 +310,8 @@ async def _rest(
     ):
         openers = {
             "httpx": _httpx_opener(api_url),
-            "bare-rest": _http_opener(url, mode, None),
-            "governed": _http_opener(deployment.url, mode, deployment.token),
+            "bare-rest": http_opener(url, mode, None),
+            "governed": http_opener(deployment.url, mode, deployment.token),
         }
         samples = await _rounds(openers, rounds, calls, sessions, calls_each)
     report = _report(samples, "httpx")

@@ -67,14 +67,14 @@ def _principal() -> Principal:
     return Principal(SUBJECT, (ROLE,), "internal", (), None, "bench", int(time.time()) + 3600)
 
 
-def _gateway(root: Path, filler_tools: int) -> Gateway:
+def local_echo_gateway(root: Path, filler_tools: int) -> Gateway:
     deployment = make_deployment(root, "http://127.0.0.1:9", filler_tools=filler_tools)
     gateway = build_gateway(load_settings(deployment.config))
     gateway.backends.use("http", LocalEcho())
     return gateway
 
 
-async def _calls(gateway: Gateway, count: int) -> dict[str, float]:
+async def timed_calls(gateway: Gateway, count: int) -> dict[str, float]:
     principal = _principal()
     audit = _TimedAudit(gateway)
     latencies = []
@@ -149,10 +149,10 @@ def run(quick: bool = False, rounds: int = 3) -> dict[str, Any]:
     per_round: dict[str, list[dict[str, float]]] = {"call": [], "list": [], "list_end_to_end": []}
     with tempfile.TemporaryDirectory(prefix="mcp-gateway-bench-") as tmp:
         for index in range(rounds):
-            gateway = _gateway(Path(tmp) / f"call-{index}", 0)
-            per_round["call"].append(asyncio.run(_calls(gateway, calls)))
+            gateway = local_echo_gateway(Path(tmp) / f"call-{index}", 0)
+            per_round["call"].append(asyncio.run(timed_calls(gateway, calls)))
             gateway.audit.close()
-            gateway = _gateway(Path(tmp) / f"list-{index}", CATALOG_TOOLS - 1)
+            gateway = local_echo_gateway(Path(tmp) / f"list-{index}", CATALOG_TOOLS - 1)
             per_round["list"].append(_listing(gateway, listings))
             per_round["list_end_to_end"].append(asyncio.run(_listing_end_to_end(gateway, listings // 5)))
             gateway.audit.close()

@@ -32,7 +32,7 @@ def test_echo_measure_counts_every_call_on_bare_and_governed_servers() -> None:
             server_process(governed, f"{deployment.url}/healthz", deployment.env()),
         ):
             for url, token in ((bare, None), (deployment.url, deployment.token)):
-                opener = echo_bench._http_opener(url, "2026-07-28", token)
+                opener = echo_bench.http_opener(url, "2026-07-28", token)
                 (sequential, _), (concurrent, _) = asyncio.run(echo_bench.measure(opener, 7, 3, 4))
                 assert len(sequential) == 7
                 assert len(concurrent) == 3 * 4
@@ -45,9 +45,9 @@ def test_echo_measure_counts_every_call_on_bare_and_governed_servers() -> None:
 @pytest.mark.parametrize(("audit", "rows_per_call"), [("full", 2), ("decision-off", 1), ("off", 0)])
 def test_diagnostic_audit_hooks_still_reach_the_gateway(tmp_path: Path, audit: str, rows_per_call: int) -> None:
     # The diagnostics wrap Gateway.audit; if that seam moves, they must fail loudly, not measure nothing.
-    gateway = gateway_bench._gateway(tmp_path, 0)
+    gateway = gateway_bench.local_echo_gateway(tmp_path, 0)
     install_diagnostic_audit(gateway, audit)
-    figures = asyncio.run(gateway_bench._calls(gateway, 5))
+    figures = asyncio.run(gateway_bench.timed_calls(gateway, 5))
     gateway.audit.close()
     assert figures["audit_rows_per_call"] == rows_per_call
 
