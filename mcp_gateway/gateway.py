@@ -297,7 +297,7 @@ class Gateway:
             timer.mark("policy")
             entry.decision = "allow"
             # A grant changes the decision only: the limits below apply to every call.
-            self.limiter.take(principal.catalog, principal.subject, name, tool.rate_limit)
+            await self.limiter.take(principal.catalog, principal.subject, name, tool.rate_limit)
             canonical = self._check_arguments(tool, arguments)
             digest = hashlib.sha256(canonical).hexdigest()
             entry.args_digest = digest
