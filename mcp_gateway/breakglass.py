@@ -32,10 +32,11 @@ from sqlalchemy import Engine, create_engine, event, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, SQLModel
 
-from mcp_gateway.audit.log import AuditEntry, AuditLog, create_tables
+from mcp_gateway.audit.log import AuditEntry, AuditLog
 from mcp_gateway.config import BreakGlassSettings
 from mcp_gateway.errors import ApprovalRequiredError, BreakGlassError, UnavailableError
 from mcp_gateway.identity import Principal
+from mcp_gateway.store.engine import create_tables
 
 __all__ = ["BreakGlass", "CallApproval", "Grant", "parse_ttl"]
 
