@@ -39,7 +39,8 @@ from rich.table import Table  # noqa: E402
 from sqlalchemy import insert, select  # noqa: E402
 from sqlmodel import Session  # noqa: E402
 
-from mcp_gateway.audit.log import GENESIS, AuditEntry, AuditLog, AuditRecord, record_hash  # noqa: E402
+from mcp_gateway.audit.log import GENESIS, AuditEntry, AuditLog, record_hash  # noqa: E402
+from mcp_gateway.store.tables import AuditRecord  # noqa: E402
 
 ENTRY = AuditEntry(
     event="tools/call",

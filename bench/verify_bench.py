@@ -27,7 +27,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from mcp_gateway.audit.checkpoint import Checkpointer, Signer  # noqa: E402
-from mcp_gateway.audit.log import AuditEntry, AuditLog, _row  # noqa: E402
+from mcp_gateway.audit.log import AuditEntry, AuditLog, row_of  # noqa: E402
 from mcp_gateway.audit.verify import verify_records  # noqa: E402
 
 
@@ -36,7 +36,7 @@ def build(log: AuditLog, records: int, checkpointer: Checkpointer, batch: int = 
     while written < records:
         count = min(batch, records - written)
         rows = [
-            _row(
+            row_of(
                 AuditEntry(
                     event="tools/call.result",
                     decision="allow",

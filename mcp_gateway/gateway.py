@@ -240,7 +240,7 @@ class Gateway:
             CallError: a subclass naming the limit that refused the call.
         """
         # A grant changes the decision only: the limits apply to every call.
-        self.limiter.take(principal.catalog, principal.subject, tool.name, tool.rate_limit)
+        await self.limiter.take(principal.catalog, principal.subject, tool.name, tool.rate_limit)
         settings = self.settings
         canonical = limits.check_arguments(
             tool, arguments, max_depth=settings.max_argument_depth, max_bytes=settings.max_argument_bytes

@@ -5,8 +5,10 @@ takes one token or is refused with the time until the next token. A burst of ``N
 over any window of length ``t`` at most ``N + N*t/period`` calls pass.
 
 The bucket state sits behind :class:`BucketStore`, so replicas can later share it through the database: a
-store only has to make :meth:`BucketStore.take` atomic per key. :class:`MemoryBucketStore` is the one-process
-store (a lock around a dict; 200 threads taking at once never admit more than the bucket holds).
+store only has to make :meth:`BucketStore.take` atomic per key. ``take`` is a coroutine so that such a store can
+wait on its database without blocking the event loop. :class:`MemoryBucketStore` is the one-process store and
+the default: a lock around a dict, taken without awaiting anything, so a call costs no thread hop and no loop
+turn (and 200 threads taking at once never admit more than the bucket holds).
 
 Limits are applied after the policy decision (a hidden tool's limit reveals nothing) and before argument
 validation and any backend work, so a flood of malformed calls is limited too.
@@ -61,7 +63,7 @@ def parse_rate(text: str) -> RateSpec:
 class BucketStore(Protocol):
     """Where bucket levels live. A shared (database) store must make :meth:`take` atomic per key."""
 
-    def take(self, key: str, spec: RateSpec, now: float) -> float:
+    async def take(self, key: str, spec: RateSpec, now: float) -> float:
         """Take one token from ``key``'s bucket at time ``now`` (seconds, any fixed origin).
 
         Returns:
@@ -82,7 +84,9 @@ class MemoryBucketStore:
     def __len__(self) -> int:
         return len(self._levels)
 
-    def take(self, key: str, spec: RateSpec, now: float) -> float:
+    async def take(self, key: str, spec: RateSpec, now: float) -> float:
+        # Nothing is awaited: the token is taken before the caller's task can be suspended. The lock is for other
+        # threads (and other event loops) sharing this store.
         capacity, rate = float(spec.count), spec.count / spec.period
         with self._lock:
             level = self._levels.get(key)
@@ -120,7 +124,7 @@ class RateLimiter:
         """The bucket key: a changed limit starts a fresh bucket rather than inheriting another size's level."""
         return f"{catalog}\0{subject}\0{tool}\0{spec.period}\0{spec.count}"
 
-    def take(self, catalog: str, subject: str, tool: str, spec: RateSpec | None) -> None:
+    async def take(self, catalog: str, subject: str, tool: str, spec: RateSpec | None) -> None:
         """Admit one call or refuse it.
 
         Raises:
@@ -128,6 +132,6 @@ class RateLimiter:
         """
         if spec is None:
             return
-        wait = self.store.take(self.key(catalog, subject, tool, spec), spec, self._clock())
+        wait = await self.store.take(self.key(catalog, subject, tool, spec), spec, self._clock())
         if wait > 0.0:
             raise RateLimitedError(f"{subject!r} over {spec} on {catalog}/{tool}", retry_after=wait)

@@ -9,7 +9,6 @@ import itertools
 import json
 import multiprocessing
 import sqlite3
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 import sqlalchemy
 
-from mcp_gateway.audit.log import GENESIS, AuditEntry, AuditLog, Durability, _row, record_hash
+from mcp_gateway.audit.log import GENESIS, AuditEntry, AuditLog, Durability, record_hash, row_of
 from mcp_gateway.errors import UnavailableError
 
 WRITERS = 4
@@ -299,7 +298,7 @@ def test_wal_is_checkpointed_in_the_background_while_the_trail_stays_open(tmp_pa
         initial = database.stat().st_size
         for index in range(600):
             log.record(entry(index))
-        assert _grows(database, initial)
+        assert _grows(log, database, initial)
         assert len(list(log.iter_rows())) == 600
     finally:
         log.close()
@@ -329,8 +328,8 @@ def _statements(log: AuditLog) -> list[str]:
     """Record the SQL the log's writer connection runs from now on (SQLite)."""
     seen: list[str] = []
     log.record(entry(-1))  # opens the writer connection
-    assert log._writer is not None
-    log._writer.driver_connection.set_trace_callback(seen.append)  # type: ignore[union-attr]
+    assert log._chain._connection is not None
+    log._chain._connection.driver_connection.set_trace_callback(seen.append)  # type: ignore[union-attr]
     return seen
 
 
@@ -365,10 +364,10 @@ def test_a_stale_remembered_head_is_refused_by_the_primary_key_not_forked(tmp_pa
     try:
         for index in range(3):
             log.record(entry(index))
-        assert log._head is not None
-        current = log._head
+        assert log._chain._head is not None
+        current = log._chain._head
         rows = list(log.iter_rows())
-        log._head = (rows[0]["id"], rows[0]["hash"], current[2])  # as if rows 2 and 3 had slipped in unnoticed
+        log._chain._head = (rows[0]["id"], rows[0]["hash"], current[2])  # as if rows 2 and 3 had slipped in unnoticed
         log.record(entry(3))
         rows = list(log.iter_rows())
         assert len(rows) == 4
@@ -409,15 +408,14 @@ def test_the_wal_checkpoint_counts_rows_of_group_commits_too(tmp_path: Path) -> 
     try:
         initial = database.stat().st_size
         for batch in range(3):
-            log._commit_rows([_row(entry(batch * 200 + index)) for index in range(200)])
-        assert _grows(database, initial)  # 600 rows in 3 commits: a checkpoint was due
+            log._commit_rows([row_of(entry(batch * 200 + index)) for index in range(200)])
+        assert _grows(log, database, initial)  # 600 rows in 3 commits: a checkpoint was due
     finally:
         log.close()
 
 
-def _grows(database: Path, initial: int, timeout: float = 10) -> bool:
-    """Whether the database file grows past ``initial`` bytes within ``timeout`` s: a checkpoint copied the WAL in."""
-    deadline = time.monotonic() + timeout
-    while database.stat().st_size == initial and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return database.stat().st_size > initial
+def _grows(log: AuditLog, database: Path, initial: int, timeout: float = 10) -> bool:
+    """Whether a background checkpoint runs within ``timeout`` s and the database file has then grown past
+    ``initial`` bytes: the checkpoint copied the WAL in."""
+    assert log._chain._wal is not None
+    return log._chain._wal.wait_passes(1, timeout) and database.stat().st_size > initial

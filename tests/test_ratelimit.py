@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import threading
 from collections.abc import Iterator
@@ -35,41 +36,41 @@ class Clock:
         return self.now
 
 
-def test_a_bucket_allows_a_burst_then_refills_at_the_rate() -> None:
+async def test_a_bucket_allows_a_burst_then_refills_at_the_rate() -> None:
     clock = Clock()
     limiter = RateLimiter(clock=clock)
     spec = parse_rate("3/minute")
     for _ in range(3):
-        limiter.take("internal", "alice", "crm.search", spec)
+        await limiter.take("internal", "alice", "crm.search", spec)
     with pytest.raises(RateLimitedError) as caught:
-        limiter.take("internal", "alice", "crm.search", spec)
+        await limiter.take("internal", "alice", "crm.search", spec)
     assert caught.value.retry_after == pytest.approx(20.0)
     clock.now += 19.0
     with pytest.raises(RateLimitedError) as again:
-        limiter.take("internal", "alice", "crm.search", spec)
+        await limiter.take("internal", "alice", "crm.search", spec)
     assert again.value.retry_after == pytest.approx(1.0)
     clock.now += 1.0
-    limiter.take("internal", "alice", "crm.search", spec)  # exactly one token has arrived
+    await limiter.take("internal", "alice", "crm.search", spec)  # exactly one token has arrived
     with pytest.raises(RateLimitedError):
-        limiter.take("internal", "alice", "crm.search", spec)
+        await limiter.take("internal", "alice", "crm.search", spec)
 
 
-def test_buckets_are_per_subject_tool_and_catalog() -> None:
+async def test_buckets_are_per_subject_tool_and_catalog() -> None:
     limiter = RateLimiter(clock=Clock())
     spec = parse_rate("1/hour")
-    limiter.take("internal", "alice", "crm.search", spec)
-    limiter.take("internal", "bob", "crm.search", spec)
-    limiter.take("internal", "alice", "crm.customer_lookup", spec)
-    limiter.take("partner", "alice", "crm.search", spec)
+    await limiter.take("internal", "alice", "crm.search", spec)
+    await limiter.take("internal", "bob", "crm.search", spec)
+    await limiter.take("internal", "alice", "crm.customer_lookup", spec)
+    await limiter.take("partner", "alice", "crm.search", spec)
     with pytest.raises(RateLimitedError):
-        limiter.take("internal", "alice", "crm.search", spec)
+        await limiter.take("internal", "alice", "crm.search", spec)
 
 
-def test_no_limit_declared_means_no_bucket() -> None:
+async def test_no_limit_declared_means_no_bucket() -> None:
     store = MemoryBucketStore()
     limiter = RateLimiter(store)
     for _ in range(1000):
-        limiter.take("internal", "alice", "crm.search", None)
+        await limiter.take("internal", "alice", "crm.search", None)
     assert len(store) == 0
 
 
@@ -80,16 +81,16 @@ def test_the_refusal_carries_retry_after_in_whole_seconds() -> None:
     }
 
 
-def test_a_full_store_sweeps_refilled_buckets_and_otherwise_fails_closed() -> None:
+async def test_a_full_store_sweeps_refilled_buckets_and_otherwise_fails_closed() -> None:
     clock = Clock()
     limiter = RateLimiter(MemoryBucketStore(max_keys=2), clock=clock)
     spec = parse_rate("1/minute")
-    limiter.take("c", "a", "t", spec)
-    limiter.take("c", "b", "t", spec)
+    await limiter.take("c", "a", "t", spec)
+    await limiter.take("c", "b", "t", spec)
     with pytest.raises(RateLimitedError):
-        limiter.take("c", "new", "t", spec)  # both buckets still refilling: never forget a limit
+        await limiter.take("c", "new", "t", spec)  # both buckets still refilling: never forget a limit
     clock.now += 60.0
-    limiter.take("c", "new", "t", spec)  # both refilled and swept
+    await limiter.take("c", "new", "t", spec)  # both refilled and swept
 
 
 @pytest.fixture
@@ -109,8 +110,10 @@ def test_200_threads_taking_at_once_never_exceed_the_bucket() -> None:
     start = threading.Barrier(200)
 
     def caller(index: int) -> None:
-        start.wait()
-        admitted.extend(index for _ in range(5) if store.take("internal\0shared\0crm.search", spec, 0.0) == 0.0)
+        with asyncio.Runner() as runner:  # each thread its own event loop, made before the race starts
+            start.wait()
+            taken = [runner.run(store.take("internal\0shared\0crm.search", spec, 0.0)) for _ in range(5)]
+        admitted.extend(index for wait in taken if wait == 0.0)
 
     threads = [threading.Thread(target=caller, args=(index,)) for index in range(200)]
     for thread in threads:
@@ -118,3 +121,18 @@ def test_200_threads_taking_at_once_never_exceed_the_bucket() -> None:
     for thread in threads:
         thread.join()
     assert len(admitted) == 50
+
+
+async def test_200_tasks_taking_at_once_never_exceed_the_bucket() -> None:
+    limiter = RateLimiter(clock=Clock())
+    spec = parse_rate("50/minute")
+
+    async def caller() -> int:
+        try:
+            await limiter.take("internal", "shared", "crm.search", spec)
+        except RateLimitedError:
+            return 0
+        return 1
+
+    admitted = await asyncio.gather(*(caller() for _ in range(200)))
+    assert sum(admitted) == 50

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mcp_gateway.audit.checkpoint import Checkpointer, Signer
-from mcp_gateway.audit.log import AuditEntry, AuditLog, _row
+from mcp_gateway.audit.log import AuditEntry, AuditLog, row_of
 from mcp_gateway.audit.verify import VerifyReport, verify_records
 
 pytestmark = pytest.mark.slow
@@ -36,7 +36,7 @@ def test_verify_memory_does_not_grow_with_the_trail(tmp_path: Path) -> None:
     checkpointer = Checkpointer(log, signer, tmp_path / "checkpoints.jsonl")
     entry = AuditEntry(event="tools/call.result", decision="allow", outcome="ok", subject="alice", tool="crm.x")
     for start in range(0, RECORDS, 10_000):
-        log._commit_rows([_row(entry) for _ in range(10_000)])
+        log._commit_rows([row_of(entry) for _ in range(10_000)])
         if start % 20_000 == 0:
             checkpointer.sign_now()
     checkpointer.sign_now()

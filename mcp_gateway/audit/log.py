@@ -1,13 +1,8 @@
 """The audit trail: one hash-chained row per decision, committed before the response goes out.
 
-Rows are appended with a pre-built SQLAlchemy Core statement on the event loop (an ORM session costs several
-times more per row, see docs/architecture.md). Each row carries the hash of the previous row and its own
-hash over a canonical encoding. The writer gives each row the id after the head's, read in the same
-transaction, so the primary key itself stops a fork: two rows can never both extend one head. (Earlier
-versions made ``prev_hash`` unique instead; that index took a random page per commit, and a growing share of
-each commit as the trail grew. Trails created by them keep it.) Writers are serialised by the database itself
-(SQLite ``BEGIN IMMEDIATE``; a transaction-scoped advisory lock on PostgreSQL), so several processes can share
-one trail.
+Each row carries the hash of the previous row and its own hash over a canonical encoding (:func:`record_hash`);
+the chain's SQL, and why the primary key stops a fork, is store/chain.py's, and reading the trail back is
+store/records.py's. Several processes can share one trail.
 
 If a row cannot be written, :meth:`AuditLog.record` raises :class:`UnavailableError` and the call is refused.
 
@@ -24,89 +19,36 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import logging
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, Literal
-
-from sqlalchemy import Engine, create_engine, event, insert, select
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
-from sqlalchemy.pool import PoolProxiedConnection
-from sqlmodel import Field, SQLModel
+from typing import Any
 
 from mcp_gateway.errors import UnavailableError
-from mcp_gateway.store.walcheckpoint import BACKSTOP_PAGES, WalCheckpointer
+from mcp_gateway.store.chain import ChainWriter
+from mcp_gateway.store.engine import Durability
+from mcp_gateway.store.records import AuditRecords, open_trail
+from mcp_gateway.store.tables import AUDIT_COLUMNS
 
 __all__ = [
     "GENESIS",
-    "AuditCheckpoint",
     "AuditEntry",
     "AuditLog",
-    "AuditRecord",
     "Durability",
-    "create_tables",
     "new_request_id",
     "record_hash",
+    "row_of",
 ]
 
-Durability = Literal["process", "power"]
-
 GENESIS = "0" * 64
-# After another writer was seen (several processes on one trail), this many appends take the locked path
-# without checking for a chance of the one-statement path (see AuditLog._append_alone).
-_CONTENDED_SKIP = 16
-logger = logging.getLogger(__name__)
-_PG_LOCK_KEY = 0x6D6370_67776179  # "mcp" "gway": one advisory lock for the chain head
+_HASHED = tuple(name for name in AUDIT_COLUMNS if name not in ("id", "hash"))
 
 
-class AuditRecord(SQLModel, table=True):
-    __tablename__ = "audit_record"
-
-    id: int | None = Field(default=None, primary_key=True)
-    ts: str
-    event: str
-    # Not indexed: an index on these random ids dirties one more page per commit (about 15 µs of a 40 µs row).
-    # `audit trace` scans instead (0.14 s per million rows from the page cache); see docs/architecture.md.
-    request_id: str | None = None
-    trace_id: str | None = None
-    subject: str | None = None
-    roles: str | None = None
-    catalog: str | None = None
-    tool: str | None = None
-    tool_digest: str | None = None
-    decision: str
-    rule: str | None = None
-    args_digest: str | None = None
-    outcome: str
-    latency_ms: float | None = None
-    policy_version: str | None = None
-    detail: str | None = None
-    prev_hash: str
-    hash: str
-
-
-class AuditCheckpoint(SQLModel, table=True):
-    """A signed statement that the chain's record ``record_id`` had hash ``record_hash`` (see checkpoint.py)."""
-
-    __tablename__ = "audit_checkpoint"
-
-    id: int | None = Field(default=None, primary_key=True)
-    ts: str
-    record_id: int
-    record_hash: str
-    key_id: str
-    signature: str
-
-
-_TABLE = AuditRecord.__table__  # type: ignore[attr-defined]
-_CHECKPOINTS = AuditCheckpoint.__table__  # type: ignore[attr-defined]
-_HASHED = tuple(column.name for column in _TABLE.columns if column.name not in ("id", "hash"))
+def new_request_id() -> str:
+    """A fresh request id: the 32 hex digits of a random UUID."""
+    return uuid.uuid4().hex
 
 
 @dataclass(slots=True)
@@ -137,11 +79,6 @@ class AuditEntry:
 _ENTRY_FIELDS = tuple(item.name for item in fields(AuditEntry))
 
 
-def new_request_id() -> str:
-    """A fresh request id: the key that joins a request's rows in the trail."""
-    return uuid.uuid4().hex
-
-
 @dataclass(slots=True)
 class _Waiter:
     row: dict[str, Any]
@@ -159,7 +96,11 @@ def _settle(waiters: list[_Waiter], failure: UnavailableError | None) -> None:
             waiter.future.set_exception(UnavailableError(str(failure)))
 
 
-def _row(entry: AuditEntry) -> dict[str, Any]:
+def row_of(entry: AuditEntry) -> dict[str, Any]:
+    """The row an entry becomes, before the chain columns (``id``, ``ts``, ``prev_hash``, ``hash``) are added.
+
+    Lists and dicts are stored as canonical JSON, so the hash recomputes from the stored text.
+    """
     row = {name: getattr(entry, name) for name in _ENTRY_FIELDS}
     row["roles"] = _canonical(list(entry.roles)) if entry.roles is not None else None
     row["detail"] = _canonical(entry.detail) if entry.detail is not None else None
@@ -180,82 +121,8 @@ def record_hash(row: dict[str, Any]) -> str:
     return hashlib.sha256(_ENCODER.encode({name: row.get(name) for name in _HASHED}).encode()).hexdigest()
 
 
-def create_tables(engine: Engine, tables: Sequence[Any], what: str) -> None:
-    """Create ``tables`` if missing, safely when several processes open a new database at the same moment.
-
-    create_all checks, then creates, table by table; on SQLite (autocommit here) another process could create a
-    table in between, so the check and the creation run under SQLite's write lock and a second process waits
-    (busy_timeout), then finds the tables. SQLite can also answer "database is locked" at once, without waiting
-    out the busy timeout, in some lock upgrades (switching a brand-new file to WAL among several openers), so
-    start-up waits briefly and tries again. PostgreSQL DDL is transactional.
-
-    Raises:
-        UnavailableError: the database stays locked, or cannot be reached or written.
-    """
-    for attempt in range(5):
-        try:
-            if engine.dialect.name != "sqlite":
-                SQLModel.metadata.create_all(engine, tables=list(tables))
-                return
-            with engine.connect() as connection:
-                connection.exec_driver_sql("BEGIN IMMEDIATE")
-                try:
-                    SQLModel.metadata.create_all(connection, tables=list(tables))
-                except BaseException:
-                    connection.exec_driver_sql("ROLLBACK")
-                    raise
-                connection.exec_driver_sql("COMMIT")
-            return
-        except OperationalError as exc:
-            if attempt == 4 or engine.dialect.name != "sqlite" or "locked" not in str(exc):
-                raise UnavailableError(f"{what} unavailable: {type(exc).__name__}: {exc}") from exc
-            engine.dispose()
-            time.sleep(0.05 * 2**attempt)
-        except SQLAlchemyError as exc:
-            raise UnavailableError(f"{what} unavailable: {type(exc).__name__}: {exc}") from exc
-
-
-def _sqlite_pragmas(durability: Durability) -> Callable[[Any, Any], None]:
-    synchronous = "FULL" if durability == "power" else "NORMAL"
-
-    def on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # pysqlite's implicit BEGIN is deferred, and a deferred transaction that reads the chain head and then
-        # writes can interleave with another writer; the writer issues BEGIN IMMEDIATE instead.
-        dbapi_connection.isolation_level = None  # we issue BEGIN IMMEDIATE ourselves
-        cursor = dbapi_connection.cursor()
-        # The busy timeout first: switching a new database to WAL takes a lock another process may hold.
-        cursor.execute("PRAGMA busy_timeout=5000")
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA synchronous={synchronous}")
-        # WAL checkpoints run on a background thread (walcheckpoint.py); this is only a backstop, should that
-        # thread fall behind, so the WAL stays bounded.
-        cursor.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
-        cursor.close()
-
-    return on_connect
-
-
-def _sqlite_path(url: str) -> str:
-    """The file of a ``sqlite:///`` URL ("" or ":memory:" for an in-memory database)."""
-    if not url.startswith("sqlite") or "///" not in url:
-        return ""  # not SQLite, or sqlite:// (in memory)
-    return url.split("///", 1)[-1]
-
-
-def _create_engine(url: str, durability: Durability) -> Engine:
-    if url.startswith("sqlite"):
-        path = _sqlite_path(url)
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False})
-        event.listen(engine, "connect", _sqlite_pragmas(durability))
-        return engine
-    # PostgreSQL keeps its default synchronous_commit=on at both levels: a commit is flushed to the WAL.
-    return create_engine(url, pool_pre_ping=True)
-
-
 class AuditLog:
-    """Appends rows to the trail and reads them back for the CLI."""
+    """Appends rows to the trail; :attr:`records` reads them back (the methods below delegate to it)."""
 
     def __init__(self, database_url: str, *, durability: Durability = "process", max_batch: int = 256) -> None:
         """Open (and create if needed) the trail.
@@ -265,38 +132,15 @@ class AuditLog:
         """
         self.durability: Durability = durability
         self._max_batch = max_batch
-        self._engine = _create_engine(database_url, durability)
-        self._postgres = self._engine.dialect.name == "postgresql"
-        dialect = self._engine.dialect
-        # The hot path uses the driver directly, so its exceptions arrive untranslated.
-        self._driver_error: type[Exception] = dialect.loaded_dbapi.Error
-        columns = list(_TABLE.columns.keys())  # with id: the writer assigns it (see the module docstring)
-        compiled = insert(_TABLE).compile(dialect=dialect, column_keys=columns)
-        self._insert_sql = compiled.string
-        order = compiled.positiontup
-        self._parameters: Callable[[dict[str, Any]], Any] = (
-            (lambda row: tuple(row[name] for name in order)) if order else (lambda row: row)
-        )
-        head = select(_TABLE.c.id, _TABLE.c.hash).order_by(_TABLE.c.id.desc()).limit(1)
-        self._head_sql = head.compile(dialect=dialect, compile_kwargs={"literal_binds": True}).string
-        # SQLite: take the write lock up front. PostgreSQL: the driver has opened a transaction already, and a
-        # transaction-scoped advisory lock serialises appenders across replicas.
-        self._begin_sql = f"SELECT pg_advisory_xact_lock({_PG_LOCK_KEY})" if self._postgres else "BEGIN IMMEDIATE"
-        self._ping = select(1)
-        self._lock = threading.Lock()
-        self._writer: PoolProxiedConnection | None = None
-        # The head this connection last wrote, and SQLite's data_version then (see _append_alone).
-        self._head: tuple[int, str, int] | None = None
-        self._contended = 0  # locked appends left before the next lone-writer attempt
+        self._engine = open_trail(database_url, durability)
+        self.records = AuditRecords(self._engine)
+        self._chain = ChainWriter(self._engine, hasher=record_hash, genesis=GENESIS)
+        self._lock = threading.Lock()  # serialises the chain writer
         # Group commit: rows waiting for the next transaction, and whether a worker is draining them.
         self._pending: list[_Waiter] = []
         self._wakeup = threading.Condition()
         self._committer: threading.Thread | None = None
         self._closing = False
-        # Background WAL checkpoints, for file-backed SQLite only (see walcheckpoint.py).
-        wal = not self._postgres and _sqlite_path(database_url) not in ("", ":memory:")
-        self._wal = WalCheckpointer(self._engine) if wal else None
-        create_tables(self._engine, [_TABLE, _CHECKPOINTS], "audit database")
 
     def close(self) -> None:
         with self._wakeup:
@@ -304,10 +148,8 @@ class AuditLog:
             self._wakeup.notify_all()
         if self._committer is not None:
             self._committer.join(timeout=30)
-        if self._wal is not None:
-            self._wal.close()
         with self._lock:
-            self._reset_writer()
+            self._chain.close()
         self._engine.dispose()
 
     def record(self, entry: AuditEntry) -> str:
@@ -316,7 +158,7 @@ class AuditLog:
         Raises:
             UnavailableError: the row could not be committed. The caller must refuse the call.
         """
-        row = _row(entry)
+        row = row_of(entry)
         self._commit_rows([row])
         return str(row["hash"])
 
@@ -326,11 +168,11 @@ class AuditLog:
         Raises:
             UnavailableError: the row could not be committed. The caller must refuse the call.
         """
-        row = _row(entry)
+        row = row_of(entry)
         if self.durability == "process" and not self._pending and self._lock.acquire(blocking=False):
             # Fast path: nobody is waiting, so commit now on the loop rather than paying a thread hop.
             try:
-                self._commit_rows([row], locked=True)
+                self._chain.append([row])
             finally:
                 self._lock.release()
             return str(row["hash"])
@@ -367,126 +209,24 @@ class AuditLog:
                 with suppress(RuntimeError):  # that loop has closed: nobody is waiting any more
                     loop.call_soon_threadsafe(_settle, waiters, failure)
 
-    def _commit_rows(self, rows: list[dict[str, Any]], *, locked: bool = False) -> None:
-        try:
-            if locked:
-                self._append(rows)
-            else:
-                with self._lock:
-                    self._append(rows)
-        except (SQLAlchemyError, self._driver_error) as exc:
-            # _append has reset the writer already, under the lock: resetting here, outside it, could roll back
-            # and close the connection under another caller's transaction.
-            raise UnavailableError(f"audit write failed: {type(exc).__name__}: {exc}") from exc
+    def _commit_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Link and commit ``rows`` in one transaction, blocking (tests and benchmarks build trails with it).
 
-    def _append(self, rows: list[dict[str, Any]]) -> None:
-        # The hot path talks to the driver with SQL compiled once at start-up: SQLAlchemy's per-execute
-        # bookkeeping costs more than SQLite's own insert and commit (docs/architecture.md has the figures).
-        if self._writer is None:
-            self._writer = self._engine.raw_connection()
-        cursor = self._writer.cursor()
-        try:
-            if self._head is None or len(rows) > 1 or not self._append_alone(cursor, rows[0]):
-                self._append_locked(cursor, rows)
-        except BaseException:
-            self._reset_writer()
-            raise
-        finally:
-            cursor.close()
-        if self._wal is not None:
-            self._wal.written(len(rows))
-
-    def _append_locked(self, cursor: Any, rows: list[dict[str, Any]]) -> None:
-        assert self._writer is not None  # noqa: S101 - opened by the caller
-        cursor.execute(self._begin_sql)
-        # Read the head inside the write transaction: another process may have appended since.
-        cursor.execute(self._head_sql)
-        head = cursor.fetchone()
-        last_id, prev = (int(head[0]), head[1]) if head else (0, GENESIS)
-        ts = datetime.now(UTC).isoformat(timespec="microseconds")
-        for row in rows:
-            row["ts"] = ts
-            last_id += 1
-            row["id"] = last_id
-            row["prev_hash"] = prev
-            row["hash"] = prev = record_hash(row)
-        if len(rows) == 1:
-            cursor.execute(self._insert_sql, self._parameters(rows[0]))
-        else:
-            cursor.executemany(self._insert_sql, [self._parameters(row) for row in rows])
-        if self._postgres:
-            # Keep the id sequence in step: an older gateway (or any tool) inserting with the default id must get
-            # the next one, not collide with ours and be refused.
-            cursor.execute(f"SELECT setval(pg_get_serial_sequence('{_TABLE.name}', 'id'), {int(last_id)})")
-            self._writer.commit()
-            return
-        self._writer.commit()
-        if self._contended:
-            # Others were writing a moment ago: skip the next few chances (each costs a PRAGMA) before trying again.
-            self._contended -= 1
-            return
-        try:
-            cursor.execute("PRAGMA data_version")
-            self._head = (last_id, prev, cursor.fetchone()[0])
-        except self._driver_error as exc:  # the rows are committed: only the next chance is lost
-            logger.warning("audit: PRAGMA data_version failed after a commit: %s", exc)
-
-    def _append_alone(self, cursor: Any, row: dict[str, Any]) -> bool:
-        """SQLite, one row, nobody else has written since this connection's last commit: one autocommitted
-        INSERT extending the head it remembers, instead of BEGIN IMMEDIATE, read the head, INSERT, COMMIT.
-
-        ``PRAGMA data_version`` changes when another connection commits, so a remembered head is only used while
-        it is current; and if another writer got in between the check and the INSERT, the INSERT claims an id that
-        is taken and fails on the primary key. Either way the caller falls back to the locked path. Saves 25-45 µs
-        per row inside a serving gateway.
+        Raises:
+            UnavailableError: nothing was committed.
         """
-        assert self._head is not None  # noqa: S101 - checked by the caller
-        last_id, prev, version = self._head
-        self._head = None  # until this row is in
-        try:
-            cursor.execute("PRAGMA data_version")
-            current = cursor.fetchone()[0]
-        except self._driver_error:
-            return False  # nothing written: the locked path decides (and fails closed if the database is gone)
-        if current != version:
-            self._contended = _CONTENDED_SKIP
-            return False
-        row["ts"] = datetime.now(UTC).isoformat(timespec="microseconds")
-        row["id"] = last_id + 1
-        row["prev_hash"] = prev
-        row["hash"] = record_hash(row)
-        try:
-            cursor.execute(self._insert_sql, self._parameters(row))
-        except self._driver_error:
-            self._contended = _CONTENDED_SKIP
-            return False
-        self._head = (row["id"], row["hash"], version)
-        return True
+        with self._lock:
+            self._chain.append(rows)
 
-    def _reset_writer(self) -> None:
-        self._head = None
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            with suppress(Exception):
-                writer.rollback()
-            with suppress(Exception):
-                writer.close()
+    # -- reading, for the CLI and checkpoints (see store/records.py) ------------------------------------------
 
     def ping(self) -> str | None:
         """None when the trail is reachable, else why not."""
-        try:
-            with self._engine.connect() as connection:
-                connection.execute(self._ping)
-        except SQLAlchemyError as exc:
-            return f"audit database unavailable: {type(exc).__name__}"
-        return None
+        return self.records.ping()
 
     def head(self) -> tuple[int, str] | None:
         """The last record's id and hash, or None for an empty trail."""
-        query = select(_TABLE.c.id, _TABLE.c.hash).order_by(_TABLE.c.id.desc()).limit(1)
-        with self._engine.connect() as connection:
-            found = connection.execute(query).first()
-        return (int(found[0]), str(found[1])) if found else None
+        return self.records.head()
 
     def add_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store a signed checkpoint (see checkpoint.py).
@@ -494,62 +234,32 @@ class AuditLog:
         Raises:
             UnavailableError: it could not be stored.
         """
-        values = {key: checkpoint[key] for key in ("ts", "record_id", "record_hash", "key_id", "signature")}
-        try:
-            with self._engine.begin() as connection:
-                connection.execute(insert(_CHECKPOINTS), values)
-        except SQLAlchemyError as exc:
-            raise UnavailableError(f"checkpoint write failed: {type(exc).__name__}: {exc}") from exc
+        self.records.add_checkpoint(checkpoint)
 
     def checkpoints(self) -> list[dict[str, Any]]:
-        """Every stored checkpoint, oldest first (one per interval: small next to the trail)."""
-        query = select(_CHECKPOINTS).order_by(_CHECKPOINTS.c.id)
-        with self._engine.connect() as connection:
-            return [dict(row) for row in connection.execute(query).mappings()]
+        """Every stored checkpoint, oldest first."""
+        return self.records.checkpoints()
 
     def by_trace(self, trace_id: str) -> list[dict[str, Any]]:
         """The rows of one trace, in chain order."""
-        query = select(_TABLE).where(_TABLE.c.trace_id == trace_id).order_by(_TABLE.c.id)
-        with self._engine.connect() as connection:
-            return [dict(row) for row in connection.execute(query).mappings()]
+        return self.records.by_trace(trace_id)
 
     def by_request(self, request_id: str) -> list[dict[str, Any]]:
         """The rows of one request id, in chain order."""
-        query = select(_TABLE).where(_TABLE.c.request_id == request_id).order_by(_TABLE.c.id)
-        with self._engine.connect() as connection:
-            return [dict(row) for row in connection.execute(query).mappings()]
+        return self.records.by_request(request_id)
 
     def by_id(self, record_id: int) -> dict[str, Any] | None:
         """One row by id."""
-        query = select(_TABLE).where(_TABLE.c.id == record_id)
-        with self._engine.connect() as connection:
-            found = connection.execute(query).mappings().first()
-        return dict(found) if found else None
+        return self.records.by_id(record_id)
 
     def last_id(self) -> int:
         """The last row's id, 0 for an empty trail (about the row count; for progress bars)."""
-        query = select(_TABLE.c.id).order_by(_TABLE.c.id.desc()).limit(1)
-        with self._engine.connect() as connection:
-            last = connection.execute(query).scalar()
-        return int(last or 0)
+        return self.records.last_id()
 
     def tail(self, count: int) -> list[dict[str, Any]]:
         """The last ``count`` rows, oldest first."""
-        query = select(_TABLE).order_by(_TABLE.c.id.desc()).limit(count)
-        with self._engine.connect() as connection:
-            rows = [dict(row) for row in connection.execute(query).mappings()]
-        return rows[::-1]
+        return self.records.tail(count)
 
     def iter_rows(self, since: str | None = None, *, batch: int = 1000) -> Iterator[dict[str, Any]]:
         """Every row in chain order, streamed in batches (never the whole trail in memory)."""
-        last_id = 0
-        while True:
-            query = select(_TABLE).where(_TABLE.c.id > last_id).order_by(_TABLE.c.id).limit(batch)
-            if since is not None:
-                query = query.where(_TABLE.c.ts >= since)
-            with self._engine.connect() as connection:
-                rows = [dict(row) for row in connection.execute(query).mappings()]
-            if not rows:
-                return
-            yield from rows
-            last_id = rows[-1]["id"]
+        return self.records.iter_rows(since, batch=batch)

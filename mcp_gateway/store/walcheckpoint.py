@@ -37,6 +37,8 @@ class WalCheckpointer:
         self._due = threading.Event()
         self._closing = False
         self._thread: threading.Thread | None = None
+        self._passes = 0  # checkpoint passes run, successful or not
+        self._passed = threading.Condition()
 
     def written(self, rows: int) -> None:
         """``rows`` rows were committed (rows, not commits: a group commit of 256 rows writes many pages).
@@ -56,6 +58,15 @@ class WalCheckpointer:
                 return
             self._thread = thread
         self._due.set()
+
+    def wait_passes(self, count: int, timeout: float) -> bool:
+        """Wait until ``count`` checkpoint passes have run since start-up; False if ``timeout`` s pass first.
+
+        For tests and diagnostics: what a pass achieved is the database's to tell (the file grows, the WAL
+        shrinks); this says only that it ran.
+        """
+        with self._passed:
+            return self._passed.wait_for(lambda: self._passes >= count, timeout)
 
     def close(self) -> None:
         self._closing = True
@@ -86,6 +97,9 @@ class WalCheckpointer:
                         with suppress(Exception):
                             connection.close()
                     connection = None
+                with self._passed:
+                    self._passes += 1
+                    self._passed.notify_all()
         finally:
             if connection is not None:
                 with suppress(Exception):
