@@ -13,7 +13,8 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,models]'
+	# llama.cpp is compiled from source here: portable kernels, not ones tuned to (and crashing on) this CPU.
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/python -m pip install --quiet -e '.[dev,models]'
 	touch $(STAMP)
 
 demo: $(STAMP)
