@@ -8,10 +8,11 @@ working directory.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import yaml
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -30,7 +31,9 @@ __all__ = [
     "IdentitySettings",
     "Settings",
     "TelemetrySettings",
+    "absolute_http_url",
     "load_settings",
+    "pattern_check",
     "read_yaml_file",
 ]
 
@@ -246,6 +249,29 @@ class Settings(BaseSettings):
     @property
     def checkpoint_path(self) -> Path:
         return self.audit.checkpoint_file or self.state_dir / "audit-checkpoints.jsonl"
+
+
+def pattern_check(pattern: re.Pattern[str], message: str) -> Callable[[str | None], str | None]:
+    """A field validator: the value (when set) must match ``pattern`` whole, else ``message``."""
+
+    def check(value: str | None) -> str | None:
+        if value is not None and not pattern.fullmatch(value):
+            raise ValueError(message)
+        return value
+
+    return check
+
+
+def absolute_http_url(value: str) -> SplitResult:
+    """The parts of an absolute http(s) URL with a host.
+
+    Raises:
+        ValueError: it is not one.
+    """
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http(s) URL")
+    return parts
 
 
 def origin_of(url: str) -> str:

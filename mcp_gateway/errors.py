@@ -101,17 +101,21 @@ class UnknownToolError(RequestError):
 
 
 class CallError(GatewayError):
-    """Refused or failed as a tool-level error result (``isError``)."""
+    """Refused or failed as a tool-level error result (``isError``).
+
+    ``public_detail`` is what the caller may see beyond ``public_message`` (an argument path, a DLP rule id):
+    never a value, never an internal.
+    """
+
+    def __init__(self, detail: str, *, public_detail: str | None = None) -> None:
+        super().__init__(detail)
+        self.public_detail = public_detail
 
 
 class InvalidArgumentsError(CallError):
     code: ClassVar[str] = "invalid_arguments"
+    # Schema errors name the argument path in public_detail: the schema is the caller's own view.
     public_message: ClassVar[str] = "Arguments rejected"
-
-    def __init__(self, detail: str, *, public_detail: str | None = None) -> None:
-        super().__init__(detail)
-        # Schema errors name the argument path, which the caller may see: the schema is the caller's own view.
-        self.public_detail = public_detail
 
 
 class RateLimitedError(CallError):
@@ -138,8 +142,7 @@ class DlpBlockedError(CallError):
     def __init__(
         self, detail: str, *, public_detail: str | None = None, audit_detail: dict[str, Any] | None = None
     ) -> None:
-        super().__init__(detail)
-        self.public_detail = public_detail
+        super().__init__(detail, public_detail=public_detail)
         # Rule ids and paths for the audit row (never matched values).
         self.audit_detail = audit_detail or {}
 

@@ -20,12 +20,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mcp_gateway.canonical import digest
-from mcp_gateway.config import EgressSettings, read_yaml_file
+from mcp_gateway.config import EgressSettings, absolute_http_url, pattern_check, read_yaml_file
 from mcp_gateway.errors import ConfigError
 
 __all__ = [
@@ -80,36 +79,19 @@ class ModelEntry(_FileModel):
     fallback: str | None = Field(default=None, description="Another entry's name, tried when this one is down.")
     credential_env: str | None = Field(default=None, description="Environment variable holding the engine's key.")
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not _NAME.fullmatch(value):
-            raise ValueError("model names are 1-128 characters of A-Z a-z 0-9 _ . -")
-        return value
+    _name = field_validator("name")(pattern_check(_NAME, "model names are 1-128 characters of A-Z a-z 0-9 _ . -"))
+    _sha256 = field_validator("sha256")(pattern_check(_SHA256, "must be 64 lower-case hex digits"))
+    _credential_env = field_validator("credential_env")(
+        pattern_check(_ENV_NAME, "must be an environment variable name")
+    )
 
     @field_validator("base_url")
     @classmethod
     def _base_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an absolute http(s) URL")
+        parts = absolute_http_url(value)
         if parts.username or parts.password or parts.query or parts.fragment:
             raise ValueError("must not carry credentials, a query or a fragment")
         return value.rstrip("/")
-
-    @field_validator("sha256")
-    @classmethod
-    def _sha256(cls, value: str | None) -> str | None:
-        if value is not None and not _SHA256.fullmatch(value):
-            raise ValueError("must be 64 lower-case hex digits")
-        return value
-
-    @field_validator("credential_env")
-    @classmethod
-    def _credential_env(cls, value: str | None) -> str | None:
-        if value is not None and not _ENV_NAME.fullmatch(value):
-            raise ValueError("must be an environment variable name")
-        return value
 
     @field_validator("weights")
     @classmethod

@@ -21,7 +21,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from mcp_gateway.canonical import digest as canonical_digest
 from mcp_gateway.catalog.specs import HttpBackend, ModelBackend, SpecModel
-from mcp_gateway.config import EgressSettings, read_yaml_file
+from mcp_gateway.config import EgressSettings, pattern_check, read_yaml_file
 from mcp_gateway.dlp import Action
 from mcp_gateway.errors import ConfigError
 from mcp_gateway.inventory import INVENTORY_FILE, Inventory, entry_digest, load_inventory
@@ -84,12 +84,11 @@ class _ToolModel(SpecModel):
             raise ValueError("audit: outcome-only needs annotations.read_only_hint: true (a tool with no side effects)")
         return self
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not TOOL_NAME.fullmatch(value):
-            raise ValueError("tool names are 1-128 characters of A-Z a-z 0-9 _ . - and start with a letter, digit or _")
-        return value
+    _name = field_validator("name")(
+        pattern_check(
+            TOOL_NAME, "tool names are 1-128 characters of A-Z a-z 0-9 _ . - and start with a letter, digit or _"
+        )
+    )
 
     @field_validator("input_schema")
     @classmethod

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mcp_gateway.config import absolute_http_url
+
 __all__ = ["MODEL_PARAMETERS", "HttpBackend", "ModelBackend", "SpecModel"]
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -71,9 +73,7 @@ class HttpBackend(SpecModel):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an absolute http(s) URL")
+        parts = absolute_http_url(value)
         if parts.username is not None or parts.password is not None:
             raise ValueError("must not carry credentials; use credential_env or credential_file")
         if _PLACEHOLDER.search(parts.netloc) or _PLACEHOLDER.search(parts.query) or parts.fragment:
