@@ -7,6 +7,7 @@ import collections
 import hashlib
 import itertools
 import json
+import math
 import multiprocessing
 import sqlite3
 from collections.abc import Iterator
@@ -419,3 +420,22 @@ def _grows(log: AuditLog, database: Path, initial: int, timeout: float = 10) -> 
     ``initial`` bytes: the checkpoint copied the WAL in."""
     assert log._chain._wal is not None
     return log._chain._wal.wait_passes(1, timeout) and database.stat().st_size > initial
+
+
+@pytest.mark.parametrize(
+    "detail",
+    [
+        pytest.param({"ratio": math.nan}, id="nan"),
+        pytest.param({"ratio": math.inf}, id="infinity"),
+        pytest.param({"name": "\ud800"}, id="lone-surrogate"),
+        pytest.param({"seen": {1, 2}}, id="not-json"),
+    ],
+)
+def test_an_entry_canonical_json_refuses_is_refused_as_unavailable(tmp_path: Path, detail: dict[str, Any]) -> None:
+    log = AuditLog(f"sqlite:///{tmp_path / 'a.db'}")
+    try:
+        with pytest.raises(UnavailableError):
+            log.record(AuditEntry(event="tools/call", decision="allow", outcome="ok", detail=detail))
+        assert log.last_id() == 0  # nothing half-written
+    finally:
+        log.close()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -26,6 +25,7 @@ from contextlib import suppress
 from dataclasses import dataclass, fields
 from typing import Any
 
+from mcp_gateway.canonical import canonical_json, canonical_text
 from mcp_gateway.errors import UnavailableError
 from mcp_gateway.store.chain import ChainWriter
 from mcp_gateway.store.engine import Durability
@@ -100,25 +100,38 @@ def row_of(entry: AuditEntry) -> dict[str, Any]:
     """The row an entry becomes, before the chain columns (``id``, ``ts``, ``prev_hash``, ``hash``) are added.
 
     Lists and dicts are stored as canonical JSON, so the hash recomputes from the stored text.
+
+    Raises:
+        UnavailableError: the entry holds something canonical JSON refuses (NaN, a lone surrogate, a set): the
+            row cannot be written, so the caller must refuse, as for any audit write that fails.
     """
     row = {name: getattr(entry, name) for name in _ENTRY_FIELDS}
-    row["roles"] = _canonical(list(entry.roles)) if entry.roles is not None else None
-    row["detail"] = _canonical(entry.detail) if entry.detail is not None else None
+    try:
+        row["roles"] = _canonical(list(entry.roles)) if entry.roles is not None else None
+        row["detail"] = _canonical(entry.detail) if entry.detail is not None else None
+    except (TypeError, ValueError) as exc:
+        raise UnavailableError(f"audit row is not canonical JSON: {exc}") from exc
     if entry.latency_ms is not None:
         # Always a float: the database hands back a float, and the hash must recompute from stored values.
         row["latency_ms"] = round(float(entry.latency_ms), 3)
     return row
 
 
-# The canonical encoding (what json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-# gives), with one encoder for the process rather than one per call.
-_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-_canonical: Callable[[Any], str] = _ENCODER.encode
+# Rows use the one canonical form (canonical.py): the same bytes json.dumps gave with sort_keys, compact
+# separators and ensure_ascii=False, which every existing record hash was computed over.
+_canonical: Callable[[Any], str] = canonical_text
 
 
 def record_hash(row: dict[str, Any]) -> str:
-    """The hash of one row: sha256 over the canonical JSON of every column but ``id`` and ``hash``."""
-    return hashlib.sha256(_ENCODER.encode({name: row.get(name) for name in _HASHED}).encode()).hexdigest()
+    """The hash of one row: sha256 over the canonical JSON of every column but ``id`` and ``hash``.
+
+    Raises:
+        UnavailableError: a column holds what canonical JSON refuses (a lone surrogate): no row can carry it.
+    """
+    try:
+        return hashlib.sha256(canonical_json({name: row.get(name) for name in _HASHED})).hexdigest()
+    except (TypeError, ValueError) as exc:
+        raise UnavailableError(f"audit row is not canonical JSON: {exc}") from exc
 
 
 class AuditLog:
