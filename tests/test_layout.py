@@ -147,3 +147,30 @@ def test_the_core_imports_no_transport_wiring_or_cli() -> None:
     for name in core:
         upward = {target for target in GRAPH[name] if _inside(target, *_ABOVE_CORE)}
         assert not upward, f"{name} imports {sorted(upward)}"
+
+
+def _blocking_sleeps(path: Path) -> Iterator[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for function in ast.walk(tree):
+        if not isinstance(function, ast.AsyncFunctionDef):
+            continue
+        for node in ast.walk(function):
+            func = node.func if isinstance(node, ast.Call) else None
+            if isinstance(func, ast.Attribute) and func.attr == "sleep" and isinstance(func.value, ast.Name):
+                if func.value.id == "time":
+                    yield f"{path.name}:{node.lineno} in {function.name}"
+
+
+def test_no_async_test_blocks_its_event_loop_with_time_sleep() -> None:
+    # Wait on a condition with an anyio deadline instead: a blocking sleep stalls every task on the loop.
+    found = [hit for path in sorted(Path(__file__).parent.glob("*.py")) for hit in _blocking_sleeps(path)]
+    assert not found
+
+
+def test_tests_import_no_private_gateway_names() -> None:
+    private = []
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mcp_gateway"):
+                private += [f"{path.name}: {alias.name}" for alias in node.names if alias.name.startswith("_")]
+    assert not private
