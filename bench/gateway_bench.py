@@ -103,16 +103,21 @@ async def timed_calls(gateway: Gateway, count: int) -> dict[str, float]:
 def _listing(gateway: Gateway, count: int) -> dict[str, float]:
     principal = _principal()
     warm, cold = [], []
-    visible = len(gateway.list_tools(principal, new_request_id()))
-    for _ in range(count):
-        started = time.perf_counter()
-        gateway.list_tools(principal, new_request_id())
-        warm.append(time.perf_counter() - started)
-    for _ in range(max(count // 10, 3)):
-        gateway._visible.clear()  # what a policy or catalog reload does
-        started = time.perf_counter()
-        gateway.list_tools(principal, new_request_id())
-        cold.append(time.perf_counter() - started)
+
+    async def listing() -> int:
+        visible = len(await gateway.list_tools(principal, new_request_id()))
+        for _ in range(count):
+            started = time.perf_counter()
+            await gateway.list_tools(principal, new_request_id())
+            warm.append(time.perf_counter() - started)
+        for _ in range(max(count // 10, 3)):
+            gateway._visible.clear()  # what a policy or catalog reload does
+            started = time.perf_counter()
+            await gateway.list_tools(principal, new_request_id())
+            cold.append(time.perf_counter() - started)
+        return visible
+
+    visible = asyncio.run(listing())
     return {
         "tools": CATALOG_TOOLS,
         "visible": visible,

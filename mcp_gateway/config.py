@@ -167,6 +167,13 @@ class AuditSettings(_Section):
     )
     checkpoint_interval: float = Field(default=60.0, gt=0, description="Seconds between checkpoints while serving.")
     max_batch: int = Field(default=256, ge=1, le=10_000, description="Most records committed in one group commit.")
+    write_timeout: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="Seconds a commit may wait for the trail's write lock (held by another process) before the call "
+        "is refused as unavailable; a caller learns within twice this. The event loop itself never waits.",
+    )
 
 
 class TelemetrySettings(_Section):

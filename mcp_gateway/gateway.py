@@ -94,8 +94,10 @@ class Gateway:
             self.breakglass.close()
 
     def ready(self) -> tuple[bool, str | None]:
-        """Whether calls can be served: the audit trail must be reachable (policy and catalogs always are)."""
-        reason = self.audit.ping()
+        """Whether a call could be served now: a write to the audit trail commits within its bound (policy and
+        catalogs are loaded before the gateway starts, and a broken reload keeps the last good version).
+        Blocking, for up to ``audit.write_timeout``: call it off the event loop."""
+        reason = self.audit.writable()
         return reason is None, reason
 
     def reload(self, actor: str = "gateway") -> ReloadReport:
@@ -123,7 +125,7 @@ class Gateway:
             self._visible[key] = cached
         return cached
 
-    def list_tools(self, principal: Principal, request_id: str) -> list[types.Tool]:
+    async def list_tools(self, principal: Principal, request_id: str) -> list[types.Tool]:
         """Answer ``tools/list``: exactly the tools the caller may call.
 
         Raises:
@@ -146,7 +148,7 @@ class Gateway:
         )
         entry.latency_ms = (time.perf_counter() - started) * 1000
         try:
-            self.audit.record(entry)
+            await self.audit.append(entry)
         except GatewayError as exc:
             raise to_mcp_error(exc, request_id) from exc
         return list(tools)

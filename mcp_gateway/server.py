@@ -57,7 +57,12 @@ def build_gateway(settings: Settings) -> Gateway:
         UnavailableError: the audit database cannot be opened.
     """
     policy = PolicyEngine(settings.policies_dir)
-    audit = AuditLog(settings.database_url, durability=settings.audit.durability, max_batch=settings.audit.max_batch)
+    audit = AuditLog(
+        settings.database_url,
+        durability=settings.audit.durability,
+        max_batch=settings.audit.max_batch,
+        write_timeout=settings.audit.write_timeout,
+    )
     breakglass = BreakGlass(settings.database_url, settings.breakglass, audit)
     gateway = Gateway(settings, audit=audit, policy=policy, backends=build_backends(settings), breakglass=breakglass)
     with tracer.start_as_current_span("gateway.start"):

@@ -116,8 +116,8 @@ async def test_a_grant_allows_exactly_that_subject_and_tool_and_is_audited_until
         await gateway.call_tool(ALICE, "hr.salary_lookup", {"employee_id": "e-7"}, "r1")
     cli(deployment, "breakglass", "approve", grant, "--token-file", tokens.file("dave", ("breakglass-approver",)))
 
-    assert "hr.salary_lookup" in [tool.name for tool in gateway.list_tools(ALICE, "l")]
-    assert "hr.salary_lookup" not in [tool.name for tool in gateway.list_tools(BOB, "l")]
+    assert "hr.salary_lookup" in [tool.name for tool in await gateway.list_tools(ALICE, "l")]
+    assert "hr.salary_lookup" not in [tool.name for tool in await gateway.list_tools(BOB, "l")]
     result = await gateway.call_tool(ALICE, "hr.salary_lookup", {"employee_id": "e-7"}, "r2")
     assert not result.is_error
     with pytest.raises(MCPError):

@@ -101,9 +101,17 @@ async def test_a_call_is_refused_when_its_audit_row_cannot_be_written(
     assert error_code(result) == "unavailable"
     assert len(example_api.seen()) == before, "the backend must not be called without a decision on record"
     with pytest.raises(MCPError) as listed:
-        gateway.list_tools(ALICE, "req-4")
+        await gateway.list_tools(ALICE, "req-4")
     assert listed.value.data["code"] == "unavailable"
-    assert gateway.ready()[0] is True  # reachable but refusing writes: readiness reflects connectivity only
+    # Reachable but refusing records: not ready, since no call could be served.
+    ready, reason = gateway.ready()
+    assert ready is False
+    assert reason is not None
+    assert "disk full" in reason
+    with sqlite3.connect(deployment.database) as db:
+        db.execute("DROP TRIGGER refuse")
+    assert gateway.ready() == (True, None)
+    assert all(row["event"] != "readiness.probe" for row in rows(gateway)), "the probe's record is rolled back"
 
 
 async def test_the_result_is_withheld_when_the_outcome_cannot_be_recorded(
@@ -123,7 +131,7 @@ async def test_the_result_is_withheld_when_the_outcome_cannot_be_recorded(
 
 
 async def test_audit_chain_links_every_row(gateway: Gateway) -> None:
-    gateway.list_tools(ALICE, "a")
+    await gateway.list_tools(ALICE, "a")
     await gateway.call_tool(ALICE, "crm.search", {"query": "ada"}, "b")
     trail = rows(gateway)
     assert trail[0]["prev_hash"] == "0" * 64

@@ -12,6 +12,13 @@ gateway being killed) or ``power`` (``synchronous=FULL``: it survives power loss
 the row inline on the event loop (about 50 µs, no thread hop); when several callers are waiting, or at
 ``power``, their rows go to one transaction run on a worker thread, so one fsync covers many callers. Every
 caller still gets its answer only after its own row is committed, and rows keep one linear chain.
+
+The event loop never waits on the database. The inline commit runs on a connection that does not wait for a lock
+(SQLite busy timeout 0): if another process holds the trail's write lock, the attempt fails at once and the row
+goes to the worker thread instead, whose connection waits at most ``audit.write_timeout`` for the lock. So a
+caller learns within a stated time (``write_timeout`` per attempt, twice that at most in all) that its row could
+not be committed, and is refused as ``unavailable``; ``/healthz`` and calls that need no row keep answering
+meanwhile. PostgreSQL rows always take the worker thread: every commit there is a network round trip.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from mcp_gateway.canonical import canonical_json, canonical_text
 from mcp_gateway.errors import UnavailableError
 from mcp_gateway.store.chain import ChainWriter
 from mcp_gateway.store.engine import Durability
+from mcp_gateway.store.probe import probe_write
 from mcp_gateway.store.records import AuditRecords, open_trail
 from mcp_gateway.store.tables import AUDIT_COLUMNS
 
@@ -43,6 +51,8 @@ __all__ = [
 ]
 
 GENESIS = "0" * 64
+# Seconds a commit may wait for the trail's write lock (audit.write_timeout).
+DEFAULT_WRITE_TIMEOUT = 2.0
 _HASHED = tuple(name for name in AUDIT_COLUMNS if name not in ("id", "hash"))
 
 
@@ -137,17 +147,30 @@ def record_hash(row: dict[str, Any]) -> str:
 class AuditLog:
     """Appends rows to the trail; :attr:`records` reads them back (the methods below delegate to it)."""
 
-    def __init__(self, database_url: str, *, durability: Durability = "process", max_batch: int = 256) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        durability: Durability = "process",
+        max_batch: int = 256,
+        write_timeout: float = DEFAULT_WRITE_TIMEOUT,
+    ) -> None:
         """Open (and create if needed) the trail.
 
         Raises:
             UnavailableError: the database cannot be reached or the table cannot be created.
         """
         self.durability: Durability = durability
+        self.write_timeout = write_timeout
         self._max_batch = max_batch
         self._engine = open_trail(database_url, durability)
         self.records = AuditRecords(self._engine)
-        self._chain = ChainWriter(self._engine, hasher=record_hash, genesis=GENESIS)
+        self._chain = ChainWriter(self._engine, hasher=record_hash, genesis=GENESIS, lock_timeout=write_timeout)
+        # The writer on the event loop: it never waits for a lock (see the module docstring).
+        inline = durability == "process" and self._engine.dialect.name == "sqlite"
+        self._inline = (
+            ChainWriter(self._engine, hasher=record_hash, genesis=GENESIS, lock_timeout=0) if inline else None
+        )
         self._lock = threading.Lock()  # serialises the chain writer
         # Group commit: rows waiting for the next transaction, and whether a worker is draining them.
         self._pending: list[_Waiter] = []
@@ -163,6 +186,8 @@ class AuditLog:
             self._committer.join(timeout=30)
         with self._lock:
             self._chain.close()
+            if self._inline is not None:
+                self._inline.close()
         self._engine.dispose()
 
     def record(self, entry: AuditEntry) -> str:
@@ -182,13 +207,21 @@ class AuditLog:
             UnavailableError: the row could not be committed. The caller must refuse the call.
         """
         row = row_of(entry)
-        if self.durability == "process" and not self._pending and self._lock.acquire(blocking=False):
-            # Fast path: nobody is waiting, so commit now on the loop rather than paying a thread hop.
+        inline = self._inline
+        if inline is not None and not self._pending and self._lock.acquire(blocking=False):
+            # Fast path: nobody is waiting, so commit now on the loop rather than paying a thread hop. It cannot
+            # wait for a lock; if it fails (another process is writing, or the database refuses), nothing was
+            # committed and the worker thread tries once more, within its bound.
             try:
-                self._chain.append([row])
+                inline.append([row])
+                return str(row["hash"])
+            except UnavailableError:
+                pass
             finally:
                 self._lock.release()
-            return str(row["hash"])
+        return await self._append_later(row)
+
+    async def _append_later(self, row: dict[str, Any]) -> str:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[str] = loop.create_future()
         with self._wakeup:
@@ -199,7 +232,12 @@ class AuditLog:
                 self._committer = threading.Thread(target=self._commit_loop, name="audit-group-commit", daemon=True)
                 self._committer.start()
             self._wakeup.notify()
-        return await future
+        # A backstop: the worker's connection already bounds each attempt by write_timeout, but a caller queued
+        # behind a batch that is waiting out its own bound must not wait for several.
+        try:
+            return await asyncio.wait_for(future, timeout=2 * self.write_timeout + 1)
+        except TimeoutError as exc:
+            raise UnavailableError(f"audit write not committed within {2 * self.write_timeout + 1:g} s") from exc
 
     def _commit_loop(self) -> None:
         """The group-commit thread: whatever is waiting when a commit ends goes into the next transaction."""
@@ -236,6 +274,11 @@ class AuditLog:
     def ping(self) -> str | None:
         """None when the trail is reachable, else why not."""
         return self.records.ping()
+
+    def writable(self) -> str | None:
+        """None when a write to the trail's database commits within ``write_timeout``, else why not. Blocking: run
+        it off the event loop (``/readyz`` does)."""
+        return probe_write(self._engine, self.write_timeout)
 
     def head(self) -> tuple[int, str] | None:
         """The last record's id and hash, or None for an empty trail."""

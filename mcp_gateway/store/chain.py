@@ -41,15 +41,27 @@ class ChainWriter:
     """Links rows to the chain head (id, ``prev_hash``, ``hash``, ``ts``) and commits them. Not thread-safe: the
     caller serialises :meth:`append` and :meth:`close` (AuditLog holds a lock around them)."""
 
-    def __init__(self, engine: Engine, *, hasher: Callable[[dict[str, Any]], str], genesis: str) -> None:
+    def __init__(
+        self, engine: Engine, *, hasher: Callable[[dict[str, Any]], str], genesis: str, lock_timeout: float
+    ) -> None:
         """Compile the statements for ``engine``'s dialect; no connection is opened until the first append.
 
         Args:
             engine: the trail's engine (``open_engine`` with a durability level).
             hasher: a row's hash over its other columns (``record_hash``): the chain's encoding is the log's.
             genesis: the ``prev_hash`` of the first row.
+            lock_timeout: seconds an append may wait for another writer's lock before it fails (0: fail at once,
+                for the writer on the event loop, which must never wait on the database).
         """
         self._engine = engine
+        milliseconds = int(lock_timeout * 1000)
+        # Set once per connection. The connection is discarded, never pooled, when the writer lets it go, so the
+        # bound stays with this writer.
+        self._bound_sql = (
+            (f"SET lock_timeout = {milliseconds}", f"SET statement_timeout = {max(milliseconds, 1)}")
+            if engine.dialect.name == "postgresql"
+            else (f"PRAGMA busy_timeout={milliseconds}",)
+        )
         self._hash = hasher
         self._genesis = genesis
         dialect = engine.dialect
@@ -87,18 +99,23 @@ class ChainWriter:
         """
         try:
             if self._connection is None:
-                self._connection = self._engine.raw_connection()
+                self._connection = self._open()
             cursor = self._connection.cursor()
             try:
                 if self._head is None or len(rows) > 1 or not self._append_alone(cursor, rows[0]):
                     self._append_locked(cursor, rows)
-            except BaseException:
+            except BaseException as exc:
                 # Reset here, where the caller's lock is held: resetting after the lock is released could roll
-                # back and close the connection under another caller's transaction.
-                self._reset()
+                # back and close the connection under another caller's transaction. Another writer holding the
+                # lock leaves the connection sound: roll back and keep it (reconnecting costs more than a row).
+                if _busy(exc):
+                    self._rollback()
+                else:
+                    self._reset()
                 raise
             finally:
-                cursor.close()
+                with suppress(Exception):  # after a reset the connection is closed, and the cursor with it
+                    cursor.close()
         except (SQLAlchemyError, self._driver_error) as exc:
             raise UnavailableError(f"audit write failed: {type(exc).__name__}: {exc}") from exc
         if self._wal is not None:
@@ -109,6 +126,21 @@ class ChainWriter:
         if self._wal is not None:
             self._wal.close()
         self._reset()
+
+    def _open(self) -> PoolProxiedConnection:
+        connection = self._engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            for statement in self._bound_sql:
+                cursor.execute(statement)
+            cursor.close()
+            if self._postgres:
+                connection.commit()  # the SETs are session settings: keep them past this transaction
+        except BaseException:
+            with suppress(Exception):
+                connection.invalidate()
+            raise
+        return connection
 
     def _append_locked(self, cursor: Any, rows: list[dict[str, Any]]) -> None:
         assert self._connection is not None  # noqa: S101 - opened by the caller
@@ -176,6 +208,12 @@ class ChainWriter:
         self._head = (row["id"], row["hash"], version)
         return True
 
+    def _rollback(self) -> None:
+        self._head = None
+        if self._connection is not None:
+            with suppress(Exception):
+                self._connection.rollback()
+
     def _reset(self) -> None:
         self._head = None
         connection, self._connection = self._connection, None
@@ -183,4 +221,14 @@ class ChainWriter:
             with suppress(Exception):
                 connection.rollback()
             with suppress(Exception):
-                connection.close()
+                # Discarded, not returned to the pool: it carries this writer's lock timeout.
+                connection.invalidate()
+
+
+_SQLITE_BUSY = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
+
+
+def _busy(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite saying another connection holds the lock (nothing is wrong with ours)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in _SQLITE_BUSY  # extended codes keep the primary in the low byte

@@ -19,11 +19,13 @@ from sqlmodel import SQLModel
 from mcp_gateway.errors import UnavailableError
 from mcp_gateway.store.walcheckpoint import BACKSTOP_PAGES
 
-__all__ = ["Durability", "create_tables", "open_engine", "unavailable"]
+__all__ = ["BUSY_TIMEOUT_MS", "Durability", "create_tables", "open_engine", "unavailable"]
 
 Durability = Literal["process", "power"]
 
-_BUSY_TIMEOUT_MS = 5000
+# How long a connection waits for another writer's lock before SQLite answers "database is locked". Connections
+# that serve a call set their own, shorter, bound (see store/chain.py and store/probe.py).
+BUSY_TIMEOUT_MS = 5000
 
 
 def unavailable(what: str, exc: BaseException) -> UnavailableError:
@@ -40,7 +42,7 @@ def _sqlite_file(url: str) -> str:
 
 def _busy_timeout(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cursor.close()
 
 
@@ -53,7 +55,7 @@ def _trail_pragmas(durability: Durability) -> Callable[[Any, Any], None]:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         # The busy timeout first: switching a new database to WAL takes a lock another process may hold.
-        cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         # WAL checkpoints run on a background thread (walcheckpoint.py); this is only a backstop, should that

@@ -16,6 +16,7 @@ from sqlalchemy.sql import Select
 from mcp_gateway.errors import UnavailableError
 from mcp_gateway.store.engine import Durability, create_tables, open_engine
 from mcp_gateway.store.tables import CHECKPOINT_TABLE as _CHECKPOINTS
+from mcp_gateway.store.tables import PROBE_TABLE
 from mcp_gateway.store.tables import RECORD_TABLE as _RECORDS
 
 __all__ = ["AuditRecords", "open_trail"]
@@ -30,7 +31,7 @@ def open_trail(database_url: str, durability: Durability) -> Engine:
         UnavailableError: the database cannot be reached or the tables cannot be created.
     """
     engine = open_engine(database_url, durability)
-    create_tables(engine, [_RECORDS, _CHECKPOINTS], "audit database")
+    create_tables(engine, [_RECORDS, _CHECKPOINTS, PROBE_TABLE], "audit database")
     return engine
 
 

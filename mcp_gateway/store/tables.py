@@ -13,11 +13,13 @@ __all__ = [
     "CHECKPOINT_TABLE",
     "GRANT_TABLE",
     "HELD_CALL_TABLE",
+    "PROBE_TABLE",
     "RECORD_TABLE",
     "AuditCheckpoint",
     "AuditRecord",
     "BreakGlassGrant",
     "HeldCall",
+    "WriteProbe",
 ]
 
 
@@ -99,9 +101,19 @@ class HeldCall(_Request, table=True):
     used_at: float | None = None
 
 
+class WriteProbe(SQLModel, table=True):
+    """One row, rewritten by each readiness check: proof that a write to the trail's database commits now."""
+
+    __tablename__ = "audit_write_probe"
+
+    id: int | None = Field(default=None, primary_key=True)
+    ts: float
+
+
 RECORD_TABLE: Table = AuditRecord.__table__  # type: ignore[attr-defined]
 CHECKPOINT_TABLE: Table = AuditCheckpoint.__table__  # type: ignore[attr-defined]
 GRANT_TABLE: Table = BreakGlassGrant.__table__  # type: ignore[attr-defined]
 HELD_CALL_TABLE: Table = HeldCall.__table__  # type: ignore[attr-defined]
+PROBE_TABLE: Table = WriteProbe.__table__  # type: ignore[attr-defined]
 # The trail's column names, in table order: what audit/log.py hashes (all but id and hash) without SQL.
 AUDIT_COLUMNS: tuple[str, ...] = tuple(column.name for column in RECORD_TABLE.columns)

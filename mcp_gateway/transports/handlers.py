@@ -34,9 +34,9 @@ def build_server(gateway: Gateway, principal: PrincipalSource) -> Server[Any]:
         ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
         request_id = new_request_id()
-        caller = _authenticate(gateway, principal, request_id, "tools/list")
+        caller = await _authenticate(gateway, principal, request_id, "tools/list")
         try:
-            return types.ListToolsResult(tools=gateway.list_tools(caller, request_id))
+            return types.ListToolsResult(tools=await gateway.list_tools(caller, request_id))
         except MCPError:
             raise
         except Exception as exc:
@@ -45,7 +45,7 @@ def build_server(gateway: Gateway, principal: PrincipalSource) -> Server[Any]:
 
     async def on_call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
         request_id = new_request_id()
-        caller = _authenticate(gateway, principal, request_id, "tools/call", tool=params.name)
+        caller = await _authenticate(gateway, principal, request_id, "tools/call", tool=params.name)
         # Only a caller that supplied a progressToken gets progress (and so a streamed model answer).
         progress = ctx.session.report_progress if _progress_token(ctx) is not None else None
         try:
@@ -88,14 +88,14 @@ def _progress_token(ctx: ServerRequestContext[Any]) -> str | int | None:
     return token if isinstance(token, str | int) and not isinstance(token, bool) else None
 
 
-def _authenticate(
+async def _authenticate(
     gateway: Gateway, principal: PrincipalSource, request_id: str, method: str, tool: str | None = None
 ) -> Principal:
     try:
         return principal()
     except UnauthenticatedError as exc:
         try:
-            gateway.audit.record(
+            await gateway.audit.append(
                 AuditEntry(
                     event=method,
                     decision="deny",

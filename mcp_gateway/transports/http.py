@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
+import anyio.to_thread
 from mcp.server.auth.middleware.auth_context import AuthContextMiddleware, get_access_token
 from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend, RequireAuthMiddleware
 from mcp.server.auth.routes import build_resource_metadata_url
@@ -134,7 +136,11 @@ def build_app(
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> JSONResponse:
-        ready, reason = gateway.ready()
+        # Off the event loop and bounded: the probe writes to the trail, which another process may have locked.
+        ready: bool = False
+        reason: str | None = "readiness check timed out"
+        with anyio.move_on_after(settings.audit.write_timeout + 1):
+            ready, reason = await anyio.to_thread.run_sync(gateway.ready, abandon_on_cancel=True)
         return JSONResponse({"status": "ready" if ready else "unavailable", "reason": reason}, 200 if ready else 503)
 
     @contextlib.asynccontextmanager
