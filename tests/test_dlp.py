@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from urllib.parse import quote
 
 import pytest
 
@@ -62,6 +63,8 @@ def test_lookalikes_are_not_findings(text: str) -> None:
         ("123\u00ad45\u00ad6789", "national_id"),
         ("ada\u200b@example.com", "email"),
         ("AKIA\u200bIOSFODNN7EXAMPLE", "api_key"),
+        ("4111\ud8001111\ue0001111\U000e00011111", "card"),  # lone surrogate, private use, tag character
+        ("4\u03011\u20e311 1111 1111 1111", "card"),  # combining accent and keycap
     ],
 )
 def test_invisible_characters_and_other_digits_do_not_hide_data(text: str, rule: str) -> None:
@@ -120,3 +123,143 @@ def test_large_inputs_scan_in_linear_time() -> None:
     scan_text(hostile)
     # Generous bound: catastrophic backtracking would take minutes, not seconds.
     assert time.process_time() - started < 5
+
+
+# --- issue #15: the separator class, every claimed encoding at any length, every JSON type, whole spans ------
+
+CARD_GROUPS = ("4111", "1111", "1111", "1111")
+# One representative of each kind of separator people (and evaders) put between digit groups.
+SEPARATORS = [
+    pytest.param("  ", id="two-spaces"),
+    pytest.param("\t", id="tab"),
+    pytest.param("\n", id="newline"),
+    pytest.param("\r\n", id="crlf"),
+    pytest.param("\u00a0", id="no-break-space"),
+    pytest.param("\u2009", id="thin-space"),
+    pytest.param("\u202f", id="narrow-no-break-space"),
+    pytest.param("\u3000", id="ideographic-space"),
+    pytest.param("\u2013", id="en-dash"),
+    pytest.param("\u2014", id="em-dash"),
+    pytest.param("\u2011", id="non-breaking-hyphen"),
+    pytest.param("\u2212", id="minus-sign"),
+    pytest.param("\uff0d", id="fullwidth-hyphen"),
+    pytest.param("/", id="slash"),
+    pytest.param("\u2044", id="fraction-slash"),
+    pytest.param("\u2215", id="division-slash"),
+    pytest.param("\\", id="backslash"),
+    pytest.param(",", id="comma"),
+    pytest.param(", ", id="comma-space"),
+    pytest.param("\uff0c", id="fullwidth-comma"),
+    pytest.param("_", id="underscore"),
+    pytest.param("\u00b7", id="middle-dot"),
+    pytest.param("+", id="plus"),  # a form-encoded space
+    pytest.param(" \u200b-\u00a0", id="mixed-run"),
+    pytest.param(" " * 40, id="long-run"),
+]
+
+
+@pytest.mark.parametrize("separator", SEPARATORS)
+def test_a_card_split_by_any_separator_run_is_found_and_wholly_redacted(separator: str) -> None:
+    text = f"pay {separator.join(CARD_GROUPS)} now"
+    assert [finding.rule for finding in scan_text(text)] == ["card"]
+    assert redact(text) == "pay [REDACTED:card] now"
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        ("ssn 123\u2013 45\t6789", "national_id"),
+        ("ssn 123  45  6789", "national_id"),
+        ("iban GB82\u00a0WEST\u00a01234\u00a05698\u00a07654\u00a032", "iban"),
+        ("iban GB82_WEST_1234_5698_7654_32", "iban"),
+        ("iban GB82 WEST 1234 5698 7654 32 OK", "iban"),  # followed by more capitals
+        ("call +44\u00a020\u00a07946\u00a00958", "phone"),
+        ("card 4111 1111 1111 1111 123", "card"),  # followed by more digits (a CVV)
+        ("card \u2074\u00b9\u00b9\u00b9 1111 1111 1111", "card"),  # superscript digits
+    ],
+)
+def test_other_number_rules_use_the_same_separator_class(text: str, rule: str) -> None:
+    assert rule in {finding.rule for finding in scan_text(text)}
+    assert scan_text(redact(text)) == []
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+@pytest.mark.parametrize(
+    ("encoded", "rule", "encoding"),
+    [
+        pytest.param(_b64("4111111111111111"), "card", "base64", id="card-24-chars"),
+        pytest.param(_b64("4111111111111111").rstrip("="), "card", "base64", id="card-unpadded"),
+        pytest.param(_b64("123-45-6789"), "national_id", "base64", id="ssn-16-chars"),
+        pytest.param(_b64("123456789"), "national_id", "base64", id="ssn-12-chars"),
+        pytest.param(_b64("ada@ex.io"), "email", "base64", id="email-12-chars"),
+        pytest.param(base64.urlsafe_b64encode(b"\xfb\xff card 4111111111111111").decode(), "card", "base64",
+                     id="base64url"),
+        pytest.param(b"4111111111111111".hex(), "card", "hex", id="hex"),
+        pytest.param(b"123456789".hex().upper(), "national_id", "hex", id="hex-upper"),
+        pytest.param("%34%31%31%31%31%31%31%31%31%31%31%31%31%31%31%31", "card", "url", id="url-every-byte"),
+        pytest.param("card%204111%201111%201111%201111", "card", "url", id="url-spaces"),
+        pytest.param("ada%40example.com", "email", "url", id="url-at-sign"),
+        pytest.param('\\u0034\\u0031\\u0031\\u0031 1111 1111 1111', "card", "escape", id="json-escapes"),
+        pytest.param("4111\\t1111\\t1111\\t1111", "card", "escape", id="json-escaped-tabs"),
+        pytest.param(_b64(_b64("123456789")), "national_id", "base64/base64", id="base64-twice"),
+        pytest.param(_b64("4111111111111111").encode().hex(), "card", "hex/base64", id="hex-of-base64"),
+        pytest.param(_b64("4111111111111111").replace("=", "%3D"), "card", "base64", id="url-of-base64"),
+        pytest.param(quote(base64.b64encode(b"\xfb card 4111111111111111").decode(), safe=""), "card",
+                     "url/base64", id="url-inside-base64"),
+    ],
+)  # fmt: skip
+def test_every_claimed_encoding_is_decoded_at_any_length(encoded: str, rule: str, encoding: str) -> None:
+    findings = scan_text(encoded, "arguments/q")
+    assert Finding(rule, "arguments/q", encoding) in findings
+    redacted = redact(f"x {encoded} y")
+    assert encoded not in redacted
+    assert redacted.startswith("x ")
+    assert redacted.endswith(" y")
+    assert scan_text(redacted) == []
+
+
+def test_a_fourth_nested_encoding_fails_closed() -> None:
+    deep = "card 4111111111111111"
+    for _ in range(4):
+        deep = _b64(deep)
+    assert "encoded" in {finding.rule for finding in scan_text(deep)}
+    assert "encoded" in redact(f"x {deep} y")
+
+
+@pytest.mark.parametrize(
+    ("value", "path"),
+    [
+        pytest.param({"n": 4111111111111111}, "a/n", id="int"),
+        pytest.param({"n": 4111111111111111.0}, "a/n", id="float"),
+        pytest.param({"n": [1, 2, 123456789]}, "a/n/2", id="int-in-list"),
+        pytest.param({"n": {"deep": 4111111111111111}}, "a/n/deep", id="nested"),
+        pytest.param({4111111111111111: "x"}, "a/*", id="number-key"),
+    ],
+)
+def test_numbers_are_scanned_like_their_json_text(value: object, path: str) -> None:
+    assert [finding.path for finding in scan(value, "a")] == [path]
+
+
+def test_booleans_and_null_never_match_and_a_redacted_number_becomes_a_string() -> None:
+    assert scan({"t": True, "f": False, "n": None, "small": 42, "pi": 3.14159}, "a") == []
+    assert redact({"n": 4111111111111111, "ok": 7, "t": True}) == {"n": "[REDACTED:card]", "ok": 7, "t": True}
+
+
+PEM_BODY = ["MIIEvQIBADANBgkqhkiG9w0BAQEFAASC", "BKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj", "MzEfYyjiWA4R4/M2bS1GB4t7NXp98C3S"]
+PEM = "\n".join(["-----BEGIN RSA PRIVATE KEY-----", *PEM_BODY, "-----END RSA PRIVATE KEY-----"])
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(f"key:\n{PEM}\nthanks", "key:\n[REDACTED:private_key]\nthanks", id="begin-to-end"),
+        pytest.param(f"key:\n{PEM.rsplit(chr(10), 1)[0]}", "key:\n[REDACTED:private_key]", id="no-end-line"),
+        pytest.param(PEM.replace("\n", "\\n"), "[REDACTED:private_key]", id="json-escaped-newlines"),
+        pytest.param(PEM.replace("RSA PRIVATE KEY", "PGP PRIVATE KEY BLOCK"), "[REDACTED:private_key]", id="pgp"),
+    ],
+)
+def test_redaction_removes_a_private_key_from_begin_through_end(text: str, expected: str) -> None:
+    assert redact(text) == expected
