@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import base64
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import quote
 
 import pytest
+import yaml
 
 from mcp_gateway.dlp import Finding, redact, scan, scan_text
+from mcp_gateway.gateway import Gateway
+from mcp_gateway.identity import Principal
+from tests.conftest import Deployment, GatewayFactory
 
 AWS = "AKIAIOSFODNN7EXAMPLE"
 JWT = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLWJ5dGVz"
@@ -263,3 +272,209 @@ PEM = "\n".join(["-----BEGIN RSA PRIVATE KEY-----", *PEM_BODY, "-----END RSA PRI
 )
 def test_redaction_removes_a_private_key_from_begin_through_end(text: str, expected: str) -> None:
     assert redact(text) == expected
+
+
+# --- the same items through the real gateway: arguments and results, block and redact ---------------------
+#
+# Arguments go to the example API's tickets.create (it echoes the summary it received) or to `crm.record` on
+# the upstream below (it echoes the JSON body); results come from `crm.note`, whose upstream answers with the
+# stored value named by the argument, so the argument itself holds nothing to find.
+
+ALICE = Principal("alice", ("support",), "internal", (), None, "test", 2**40)
+SPLIT_CARDS = [separator.values[0].join(CARD_GROUPS) for separator in SEPARATORS]
+SHORT_ENCODED = [_b64("4111111111111111"), _b64("4111111111111111").rstrip("="), _b64("123456789")]
+
+
+class Upstream:
+    """A REST upstream on 127.0.0.1: `GET /note/<key>` answers a stored value, `POST /echo` its JSON body."""
+
+    def __init__(self) -> None:
+        self.notes: dict[str, Any] = {}
+        self.echoed: list[Any] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self._answer(200, {"note": outer.notes[self.path.rsplit("/", 1)[1]]})
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                outer.echoed.append(body)
+                self._answer(200, {"received": body})
+
+            def _answer(self, status: int, value: Any) -> None:
+                data = json.dumps(value, ensure_ascii=False).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def note(self, value: Any) -> str:
+        key = f"n{len(self.notes)}"
+        self.notes[key] = value
+        return key
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Upstream]:
+    server = Upstream()
+    thread = threading.Thread(target=server.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.server.shutdown()
+        server.server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture(params=["block", "redact"])
+def action(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def gateway(deployment: Deployment, make_gateway: GatewayFactory, upstream: Upstream, action: str) -> Gateway:
+    """The internal catalog with `action` on every tool, plus three tools on the upstream above."""
+    catalog = deployment.root / "catalogs" / "internal.yaml"
+    data = yaml.safe_load(catalog.read_text())
+    data["dlp"] = action
+    data["rate_limit"] = "100000/minute"
+    for tool in data["tools"]:
+        tool.pop("dlp", None)
+    read = {"read_only_hint": True}
+    data["tools"] += [
+        {"name": "crm.note", "description": "A stored note.", "annotations": read,
+         "input_schema": {"type": "object", "properties": {"key": {"type": "string", "pattern": "^n[0-9]+$"}},
+                          "required": ["key"], "additionalProperties": False},
+         "backend": {"type": "http", "url": f"{upstream.url}/note/{{key}}"}},
+        {"name": "crm.record", "description": "Record any value.", "annotations": read,
+         "input_schema": {"type": "object", "properties": {"value": {}}, "required": ["value"]},
+         "backend": {"type": "http", "method": "POST", "url": f"{upstream.url}/echo", "body": {"value": "value"}}},
+        {"name": "crm.amount", "description": "Record an amount.", "annotations": read,
+         "input_schema": {"type": "object", "properties": {"amount": {"type": "number"}}, "required": ["amount"]},
+         "backend": {"type": "http", "method": "POST", "url": f"{upstream.url}/echo", "body": {"amount": "amount"}}},
+    ]  # fmt: skip
+    catalog.write_text(yaml.safe_dump(data))
+    config = yaml.safe_load(deployment.config.read_text())
+    config["egress"]["allow"].append(upstream.url)
+    deployment.config.write_text(yaml.safe_dump(config))
+    return make_gateway()
+
+
+def refused(result: Any) -> dict[str, Any]:
+    assert result.is_error, result
+    body = dict(result.structured_content["error"])
+    assert body["code"] == "dlp_blocked", body
+    return body
+
+
+def leaked(result: Any, *needles: str) -> list[str]:
+    """Which needles the caller can see anywhere in the result (text blocks and structured content)."""
+    shown = json.dumps(result.model_dump(mode="json"), ensure_ascii=False)
+    texts = [block.text for block in result.content if block.type == "text"]
+    return [needle for needle in needles if needle in shown or any(needle in text for text in texts)]
+
+
+async def ticket(gateway: Gateway, summary: str) -> Any:
+    return await gateway.call_tool(ALICE, "tickets.create", {"customer_id": "c-100", "summary": summary}, "r")
+
+
+async def note(gateway: Gateway, upstream: Upstream, value: Any) -> Any:
+    return await gateway.call_tool(ALICE, "crm.note", {"key": upstream.note(value)}, "r")
+
+
+async def test_gateway_cards_split_by_any_separator_in_arguments(gateway: Gateway, action: str) -> None:
+    for card in SPLIT_CARDS:
+        result = await ticket(gateway, f"refund card {card} please")
+        if action == "block":
+            refused(result)
+        else:
+            assert result.structured_content["summary"] == "refund card [REDACTED:card] please", repr(card)
+
+
+async def test_gateway_cards_split_by_any_separator_in_results(
+    gateway: Gateway, upstream: Upstream, action: str
+) -> None:
+    for card in SPLIT_CARDS:
+        result = await note(gateway, upstream, f"card {card} on file")
+        if action == "block":
+            refused(result)
+        else:
+            assert result.structured_content["note"] == "card [REDACTED:card] on file", repr(card)
+        assert leaked(result, *CARD_GROUPS[1:2], card) == [], repr(card)
+
+
+async def test_gateway_short_encoded_secrets_in_arguments(gateway: Gateway, upstream: Upstream, action: str) -> None:
+    for encoded in SHORT_ENCODED:
+        result = await ticket(gateway, encoded)
+        if action == "block":
+            refused(result)
+        else:
+            assert result.structured_content["summary"] == "[REDACTED:base64]", encoded
+
+
+async def test_gateway_short_encoded_secrets_in_results(gateway: Gateway, upstream: Upstream, action: str) -> None:
+    for encoded in SHORT_ENCODED:
+        result = await note(gateway, upstream, encoded)
+        if action == "block":
+            refused(result)
+        else:
+            assert result.structured_content["note"] == "[REDACTED:base64]"
+        assert leaked(result, encoded) == []
+
+
+@pytest.mark.parametrize("number", [4111111111111111, 4111111111111111.0, 123456789], ids=["int", "float", "ssn"])
+async def test_gateway_numbers_in_arguments(gateway: Gateway, upstream: Upstream, action: str, number: Any) -> None:
+    before = len(upstream.echoed)
+    typed = await gateway.call_tool(ALICE, "crm.amount", {"amount": number}, "r")
+    # A redacted number is a string: the schema asks for a number, so the call fails closed either way.
+    refused(typed)
+    untyped = await gateway.call_tool(ALICE, "crm.record", {"value": [1, {"n": number}]}, "r")
+    if action == "block":
+        refused(untyped)
+        assert len(upstream.echoed) == before
+    else:
+        assert not untyped.is_error
+        assert upstream.echoed[before:] == [
+            {"value": [1, {"n": f"[REDACTED:{'card' if number > 10**12 else 'national_id'}]"}]}
+        ]
+    assert leaked(untyped, str(int(number))) == []
+
+
+async def test_gateway_numbers_in_results(gateway: Gateway, upstream: Upstream, action: str) -> None:
+    result = await note(gateway, upstream, {"balance": 12.5, "card": 4111111111111111, "ok": True})
+    if action == "block":
+        refused(result)
+    else:
+        assert result.structured_content["note"] == {"balance": 12.5, "card": "[REDACTED:card]", "ok": True}
+    assert leaked(result, "4111111111111111") == []
+
+
+@pytest.mark.parametrize("key", [PEM, PEM.rsplit("\n", 1)[0]], ids=["with-end", "without-end"])
+async def test_gateway_private_keys_in_arguments(gateway: Gateway, action: str, key: str) -> None:
+    result = await ticket(gateway, f"my key:\n{key}\nthanks")
+    if action == "block":
+        refused(result)
+    else:
+        expected = "my key:\n[REDACTED:private_key]" + ("\nthanks" if key == PEM else "")
+        assert result.structured_content["summary"] == expected
+    assert leaked(result, *PEM_BODY, "END RSA") == []
+
+
+@pytest.mark.parametrize("key", [PEM, PEM.rsplit("\n", 1)[0]], ids=["with-end", "without-end"])
+async def test_gateway_private_keys_in_results(gateway: Gateway, upstream: Upstream, action: str, key: str) -> None:
+    result = await note(gateway, upstream, f"deploy key:\n{key}\nrotate yearly")
+    if action == "block":
+        refused(result)
+    else:
+        assert result.structured_content["note"].startswith("deploy key:\n[REDACTED:private_key]")
+    # The text block is the JSON body, where the key's newlines are written `\n`: redacted there too.
+    assert leaked(result, *PEM_BODY, "END RSA") == []
