@@ -76,7 +76,8 @@ def inspect(text: str, *, spans: bool) -> list[Hit]:
 def _inspect(text: str, walk: _Walk, depth: int, rounds: int) -> list[Hit]:
     matches, view = direct(text)
     hits = [_hit(match, None, walk) for match in matches] if matches else []
-    covered = Spans((match.start, match.end) for match in matches if match.rule in TEXT_RULES)
+    text_spans = [(match.start, match.end) for match in matches if match.rule in TEXT_RULES] if matches else None
+    covered = Spans(text_spans) if text_spans else None
     for start, end, name, raw in _runs(view.form, covered):
         hits += _decoded(view, start, end, name, raw, walk, depth)
     if "%" in text or "\\" in text:  # last: its scan-only results are compared with everything above
@@ -110,17 +111,16 @@ def _through(view: View, hit: Hit, name: str) -> Hit:
     return Hit(hit.rule, encoding, start, end)
 
 
-def _runs(form: str, covered: Spans) -> list[tuple[int, int, str, bytes]]:
+def _runs(form: str, covered: Spans | None) -> list[tuple[int, int, str, bytes]]:
     """Base64 and hex runs outside text findings (a private key's body), decoded to bytes that may be text.
 
     A hex run is always inside a run of the base64 alphabet, so one pass over the text finds both.
     """
     found: list[tuple[int, int, str, bytes]] = []
-    covers = covered.covers
     for run in _BASE64_RUN.finditer(form):
         text = run.group()
         start, end = run.span()
-        if _WORD.fullmatch(text) or (covered and covers(start, end)):
+        if _WORD.fullmatch(text) or (covered is not None and covered.covers(start, end)):
             continue
         found.extend((start, end, "base64", raw) for raw in _base64(text) if _TEXTISH.search(raw))
         if end - start >= MIN_HEX:

@@ -139,9 +139,6 @@ class Spans:
         self._starts = [start for start, _ in ordered]
         self._reach = list(accumulate((end for _, end in ordered), max))  # furthest end among the first k
 
-    def __bool__(self) -> bool:
-        return bool(self._starts)
-
     def overlaps(self, start: int, end: int) -> bool:
         before = bisect_left(self._starts, end)  # spans that start before ``end``
         return before > 0 and self._reach[before - 1] > start
