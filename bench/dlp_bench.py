@@ -161,7 +161,11 @@ def core() -> None:
         catalog.write_text(yaml.safe_dump(data))
         key = ensure_dev_key(folder / "state")
         settings = Settings(
-            identity={"issuer": "https://idp", "audience": "gw", "jwks_file": str(key.jwks_path)},
+            identity={
+                "issuer": "https://idp",
+                "audience": "http://127.0.0.1:8080/mcp",
+                "jwks_file": str(key.jwks_path),
+            },
             egress={"allow": ["http://127.0.0.1:8081"]},
             catalogs_dir=folder / "catalogs",
             policies_dir=folder / "policies",
