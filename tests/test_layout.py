@@ -21,11 +21,10 @@ CALL_PATH = (
     "call.py",
     "limits.py",
     "ratelimit.py",
-    "dlp.py",
-    "backends/__init__.py",
-    "backends/http.py",
-    "backends/model.py",
+    "dlp/",
+    "backends/",
     "audit/log.py",
+    "store/chain.py",
 )
 
 
@@ -77,7 +76,15 @@ def test_module_stays_under_the_line_budget(name: str) -> None:
     assert lines <= MAX_MODULE_LINES, f"{name} has {lines} lines: split it along a seam"
 
 
-@pytest.mark.parametrize("relative", CALL_PATH)
+def _call_path_files() -> list[str]:
+    files: list[str] = []
+    for entry in CALL_PATH:  # a folder stands for every module in it
+        paths = sorted((PACKAGE / entry).glob("*.py")) if entry.endswith("/") else [PACKAGE / entry]
+        files += [str(path.relative_to(PACKAGE)) for path in paths]
+    return files
+
+
+@pytest.mark.parametrize("relative", _call_path_files())
 def test_call_path_functions_stay_short(relative: str) -> None:
     tree = ast.parse((PACKAGE / relative).read_text(encoding="utf-8"))
     long = [
