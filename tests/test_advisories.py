@@ -7,18 +7,33 @@ anyway, tokens minted longer than the gateway accepts and a lifetime measured fr
 
 from __future__ import annotations
 
+import json
+import queue
+import secrets
 import statistics
+import subprocess
+import sys
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import Any
 
+import httpx
 import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR
 
 from mcp_gateway.config import load_settings
 from mcp_gateway.gateway import Gateway
 from mcp_gateway.identity import Principal
 from mcp_gateway.server import build_gateway
-from tests.conftest import API_KEY, Deployment
+from mcp_gateway.transports.wire import refusal
+from tests.conftest import API_KEY, Deployment, ExampleApi, HttpGateway, stop, wait_http
 
 ALICE = Principal("alice", ("support",), "internal", (), None, "test", 2**40)
 
@@ -64,3 +79,369 @@ async def test_hidden_tool_cannot_be_told_from_an_unknown_name_by_timing(gateway
     print(f"timing medians (ms): {medians}")
     for other in (unknown, glob):
         assert abs(medians[hidden] - medians[other]) < TIMING_BOUND * medians[other], medians
+
+
+# --- Duplicate keys: a parser differential ---------------------------------------------------------------------
+
+PROTOCOL = "2025-11-25"
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 0,
+    "method": "initialize",
+    "params": {"protocolVersion": PROTOCOL, "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}},
+}
+INITIALIZED = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+
+
+def call_line(arguments: str, *, request_id: int = 7, name: str = "crm.customer_lookup") -> str:
+    """A tools/call written out by hand: no JSON library emits a duplicate member."""
+    params = f'"name":"{name}","arguments":{arguments}'
+    return f'{{"jsonrpc":"2.0","id":{request_id},"method":"tools/call","params":{{{params}}}}}'
+
+
+def fresh_customer() -> tuple[str, str]:
+    """Two customer ids no other test uses, so the backend's record of requests shows whether either was asked for."""
+    first = 10_000_000 + secrets.randbelow(89_999_998)
+    return f"c-{first}", f"c-{first + 1}"
+
+
+def asked_for(api: ExampleApi, *ids: str) -> bool:
+    paths = {f"/customers/{customer}" for customer in ids} | {f"/echo/{customer}" for customer in ids}
+    return any(request["path"] in paths for request in api.seen())
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """A message naming a member twice, built around two fresh customer ids; and how it must be refused."""
+
+    id: str
+    build: Callable[[str, str], str]
+    code: int
+    names_id: bool  # whether the refusal can name the request's id (not when `id` itself is the duplicate)
+
+
+DUPLICATES = [
+    # inside arguments
+    Duplicate("argument", lambda a, b: call_line(f'{{"customer_id":"{a}","customer_id":"{b}"}}'), INVALID_PARAMS, True),
+    Duplicate(
+        "argument-escaped-spelling",
+        lambda a, b: call_line(f'{{"customer_id":"{a}","\\u0063ustomer_id":"{b}"}}'),
+        INVALID_PARAMS,
+        True,
+    ),
+    Duplicate(
+        "nested-in-array",
+        lambda a, b: call_line(f'{{"customer_id":"{a}","x":[{{"k":1}},{{"d":{{"k":1,"k":2}}}}]}}'),
+        INVALID_PARAMS,
+        True,
+    ),
+    # elsewhere in params
+    Duplicate(
+        "tool-name",
+        lambda a, b: call_line(f'{{"customer_id":"{a}"}},"name":"crm.search"'),
+        INVALID_PARAMS,
+        True,
+    ),
+    Duplicate(
+        "meta",
+        lambda a, b: call_line(f'{{"customer_id":"{a}"}},"_meta":{{"progressToken":1,"progressToken":2}}'),
+        INVALID_PARAMS,
+        True,
+    ),
+    # members of the message itself
+    Duplicate(
+        "request-id", lambda a, b: call_line(f'{{"customer_id":"{a}"}}')[:-1] + ',"id":8}', INVALID_REQUEST, False
+    ),
+    Duplicate(
+        "method",
+        lambda a, b: call_line(f'{{"customer_id":"{a}"}}')[:-1] + ',"method":"tools/list"}',
+        INVALID_REQUEST,
+        False,
+    ),
+]
+
+
+PARSE_ERROR_BODY = {
+    "code": PARSE_ERROR,
+    "message": "Parse error: the message is not JSON",
+    "data": {"code": "parse_error"},
+}
+
+
+def check_refused(body: dict[str, Any], case: Duplicate) -> None:
+    assert (body["error"]["code"], body["error"]["data"]["code"]) == (case.code, "duplicate_key"), case.id
+    assert "duplicate key" in body["error"]["message"], case.id
+    assert body["id"] == (7 if case.names_id else None), case.id
+
+
+@pytest.mark.parametrize("case", [pytest.param(case, id=case.id) for case in DUPLICATES])
+def test_duplicate_keys_in_a_message_are_refused_before_the_sdk_parses_it(case: Duplicate) -> None:
+    first, second = fresh_customer()
+    error = refusal(case.build(first, second))
+    assert error is not None
+    check_refused(error.model_dump(mode="json", exclude_unset=True), case)
+    assert refusal(call_line(f'{{"customer_id":"{first}"}}')) is None
+
+
+class RawStdio:
+    """A gateway process spoken to over stdio line by line: the SDK's client cannot send a duplicate member."""
+
+    def __init__(self, deployment: Deployment, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mcp_gateway", "serve", "--transport", "stdio"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**deployment.env(), **env},
+            cwd=deployment.root,
+        )
+        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.stderr: list[bytes] = []
+        self.readers = [
+            threading.Thread(target=self._read, daemon=True),
+            threading.Thread(target=lambda: self.stderr.extend(self.process.stderr or ()), daemon=True),
+        ]
+        for reader in self.readers:
+            reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout or ():
+            self.lines.put(json.loads(line))
+
+    def send(self, line: str | dict[str, Any]) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(((line if isinstance(line, str) else json.dumps(line)) + "\n").encode())
+        self.process.stdin.flush()
+
+    def receive(self) -> dict[str, Any]:
+        return self.lines.get(timeout=30)
+
+    def initialize(self) -> None:
+        self.send(INITIALIZE)
+        assert "result" in self.receive()
+        self.send(INITIALIZED)
+
+    def close(self) -> str:
+        """End the session (EOF on stdin) and return everything the process wrote to stderr."""
+        assert self.process.stdin is not None
+        if not self.process.stdin.closed:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        for reader in self.readers:
+            reader.join(timeout=10)
+        for pipe in (self.process.stdout, self.process.stderr):
+            if pipe is not None:
+                pipe.close()
+        return b"".join(self.stderr).decode()
+
+
+@contextmanager
+def raw_stdio(deployment: Deployment, **env: str) -> Iterator[RawStdio]:
+    session = RawStdio(deployment, env)
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+def test_duplicate_keys_are_refused_over_stdio(deployment: Deployment, example_api: ExampleApi) -> None:
+    token = deployment.mint("alice", ("support",), "internal")
+    asked: list[str] = []
+    with raw_stdio(deployment, MCP_GATEWAY_TOKEN=token) as session:
+        session.initialize()
+        for case in DUPLICATES:
+            asked += fresh_customer()
+            session.send(case.build(*asked[-2:]))
+            check_refused(session.receive(), case)
+        # What the stricter parser cannot read is not handed on either; a blank line is not a message.
+        session.send("\n")
+        session.send('{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":')
+        assert session.receive() == {"jsonrpc": "2.0", "id": None, "error": PARSE_ERROR_BODY}
+        session.send(call_line('{"customer_id":"c-100"}', request_id=9))  # the session carries on
+        assert session.receive()["result"]["structuredContent"]["id"] == "c-100"
+    assert not asked_for(example_api, *asked)
+
+
+def mcp_headers(token: str, session: str | None = None) -> dict[str, str]:
+    headers = {
+        "Accept": "application/json, text/event-stream",
+        "Content-Type": "application/json",
+        "Authorization": f"Bearer {token}",
+        "MCP-Protocol-Version": PROTOCOL,
+    }
+    return headers | ({"Mcp-Session-Id": session} if session else {})
+
+
+def jsonrpc_body(response: httpx.Response) -> dict[str, Any]:
+    if response.headers["content-type"].startswith("text/event-stream"):
+        data = [line.removeprefix("data:").strip() for line in response.text.splitlines() if line.startswith("data:")]
+        return dict(json.loads(data[-1]))
+    return dict(response.json())
+
+
+@contextmanager
+def streamable_session(gateway: HttpGateway, token: str) -> Iterator[tuple[httpx.Client, dict[str, str]]]:
+    with httpx.Client(base_url=gateway.url, trust_env=False, timeout=20) as client:
+        opened = client.post("/mcp", json=INITIALIZE, headers=mcp_headers(token))
+        assert opened.status_code == 200, opened.text
+        headers = mcp_headers(token, opened.headers["mcp-session-id"])
+        assert client.post("/mcp", json=INITIALIZED, headers=headers).status_code == 202
+        yield client, headers
+
+
+def test_duplicate_keys_are_refused_over_streamable_http(http_gateway: HttpGateway, example_api: ExampleApi) -> None:
+    token = http_gateway.deployment.mint("alice", ("support",), "internal")
+    asked: list[str] = []
+    with streamable_session(http_gateway, token) as (client, headers):
+        for case in DUPLICATES:
+            asked += fresh_customer()
+            refused = client.post("/mcp", content=case.build(*asked[-2:]), headers=headers)
+            assert refused.status_code == 400, case.id
+            check_refused(refused.json(), case)
+        allowed = client.post("/mcp", content=call_line('{"customer_id":"c-100"}'), headers=headers)
+        assert jsonrpc_body(allowed)["result"]["structuredContent"]["id"] == "c-100"
+    assert not asked_for(example_api, *asked)
+
+
+def test_duplicate_keys_are_refused_over_sse(http_gateway: HttpGateway, example_api: ExampleApi) -> None:
+    token = http_gateway.deployment.mint("alice", ("support",), "internal")
+    events: queue.Queue[str] = queue.Queue()
+    auth = {"Authorization": f"Bearer {token}"}
+    asked: list[str] = []
+    with httpx.Client(base_url=http_gateway.url, trust_env=False, timeout=20) as client:
+        with client.stream("GET", "/sse", headers=auth) as stream:
+
+            def read() -> None:
+                # Ends when the gateway is stopped after the test (closing the stream does not wake a blocked read).
+                with suppress(httpx.HTTPError, httpx.StreamError, ValueError):
+                    for line in stream.iter_lines():
+                        if line.startswith("data:"):
+                            events.put(line.removeprefix("data:").strip())
+
+            threading.Thread(target=read, daemon=True).start()
+            endpoint = events.get(timeout=20)
+            post = {**auth, "Content-Type": "application/json"}
+            assert client.post(endpoint, json=INITIALIZE, headers=post).status_code == 202
+            assert "result" in json.loads(events.get(timeout=20))
+            assert client.post(endpoint, json=INITIALIZED, headers=post).status_code == 202
+            for case in DUPLICATES:
+                asked += fresh_customer()
+                refused = client.post(endpoint, content=case.build(*asked[-2:]), headers=post)
+                assert refused.status_code == 400, case.id
+                check_refused(refused.json(), case)
+            allowed = client.post(endpoint, content=call_line('{"customer_id":"c-100"}'), headers=post)
+            assert allowed.status_code == 202
+            assert json.loads(events.get(timeout=20))["result"]["structuredContent"]["id"] == "c-100"
+    assert not asked_for(example_api, *asked)
+
+
+# Any JSON value; keys from a small alphabet so that objects often have several members.
+SCALARS = st.none() | st.booleans() | st.integers(-1000, 1000) | st.text(alphabet="abcxyz ", max_size=8)
+KEYS = st.text(alphabet="abkxy_", min_size=1, max_size=6)
+VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=3))
+
+
+def objects_in(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + sum(objects_in(item) for item in value.values())
+    if isinstance(value, list):
+        return sum(objects_in(item) for item in value)
+    return 0
+
+
+def render(value: Any, target: int, escaped: bool, seen: list[int] | None = None) -> str:
+    """JSON text for ``value`` in which the ``target``-th object (pre-order) names one member twice (none if -1).
+
+    The second spelling of the name is \\u-escaped when ``escaped``: the same name to every JSON parser."""
+    seen = [0] if seen is None else seen
+    if isinstance(value, list):
+        return "[" + ",".join(render(item, target, escaped, seen) for item in value) + "]"
+    if not isinstance(value, dict):
+        return json.dumps(value)
+    index, seen[0] = seen[0], seen[0] + 1
+    members = [f"{json.dumps(key)}:{render(item, target, escaped, seen)}" for key, item in value.items()]
+    if index == target:
+        key = next(iter(value), "k")
+        spelled = '"' + "".join(f"\\u{ord(char):04x}" for char in key) + '"' if escaped else json.dumps(key)
+        members += [f'{json.dumps(key)}:"first"'] * (key not in value) + [f'{spelled}:"second"']
+    return "{" + ",".join(members) + "}"
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(extra=st.dictionaries(KEYS, VALUES, max_size=4), data=st.data(), escaped=st.booleans())
+def test_a_duplicate_key_at_any_depth_inside_arguments_is_refused(
+    extra: dict[str, Any], data: Any, escaped: bool
+) -> None:
+    arguments = {"marker": "c-1", **extra}
+    target = data.draw(st.integers(0, objects_in(arguments) - 1), label="object with the duplicate")
+    error = refusal(call_line(render(arguments, target, escaped)))
+    assert error is not None
+    assert (error.id, error.error.code, error.error.data) == (7, INVALID_PARAMS, {"code": "duplicate_key"})
+    clean = call_line(render(arguments, -1, escaped))
+    assert refusal(clean) is None
+    assert json.loads(clean)["params"]["arguments"] == arguments
+
+
+@pytest.fixture
+def echo_gateway(deployment: Deployment, example_api: ExampleApi) -> Iterator[HttpGateway]:
+    """A gateway with a tool that accepts any further (nested) arguments, so a duplicate can sit at any depth."""
+    path = deployment.root / "catalogs" / "internal.yaml"
+    catalog = yaml.safe_load(path.read_text())
+    catalog["tools"].append(
+        {
+            "name": "crm.echo",
+            "title": "Echo a marker",
+            "description": "Test tool: further arguments are accepted and not sent.",
+            "input_schema": {
+                "type": "object",
+                "properties": {"marker": {"type": "string", "pattern": "^c-[0-9]{8,9}$"}},
+                "required": ["marker"],
+            },
+            "annotations": {"read_only_hint": True},
+            "backend": {
+                "type": "http",
+                "method": "GET",
+                "url": f"{example_api.url}/echo/{{marker}}",
+                "credential_env": "INVENTORY_API_KEY",
+            },
+        }
+    )
+    path.write_text(yaml.safe_dump(catalog))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mcp_gateway", "serve", "--transport", "streamable-http"],
+        env=deployment.env(),
+        cwd=deployment.root,
+    )
+    url = f"http://127.0.0.1:{deployment.port}"
+    try:
+        wait_http(f"{url}/healthz", process)
+        yield HttpGateway(deployment, url, process)
+    finally:
+        stop(process)
+
+
+@settings(max_examples=30, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(extra=st.dictionaries(KEYS, VALUES, max_size=4), data=st.data(), escaped=st.booleans())
+def test_a_duplicate_key_at_any_depth_never_reaches_the_backend(
+    echo_gateway: HttpGateway, example_api: ExampleApi, extra: dict[str, Any], data: Any, escaped: bool
+) -> None:
+    token = echo_gateway.deployment.mint("alice", ("support",), "internal")
+    refused_marker, allowed_marker = fresh_customer()
+    arguments = {"marker": refused_marker, **extra}
+    target = data.draw(st.integers(0, objects_in(arguments) - 1), label="object with the duplicate")
+    with streamable_session(echo_gateway, token) as (client, headers):
+        refused = client.post(
+            "/mcp", content=call_line(render(arguments, target, escaped), name="crm.echo"), headers=headers
+        )
+        assert refused.status_code == 400
+        assert refused.json()["error"]["data"]["code"] == "duplicate_key"
+        # The same arguments without the duplicate do reach it: the refusal is what kept the first call away.
+        clean = render({**arguments, "marker": allowed_marker}, -1, escaped)
+        allowed = client.post("/mcp", content=call_line(clean, name="crm.echo"), headers=headers)
+        assert "result" in jsonrpc_body(allowed), allowed.text
+    assert asked_for(example_api, allowed_marker)
+    assert not asked_for(example_api, refused_marker)

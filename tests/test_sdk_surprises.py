@@ -75,3 +75,13 @@ async def test_gateway_never_leaks_internal_errors(
     assert caught.value.message == "Internal error"
     assert "secret" not in str(caught.value.data)
     assert caught.value.data["code"] == "internal_error"
+
+
+def test_sdk_parses_duplicate_json_keys_last_one_wins() -> None:
+    # Why the transports check raw bytes first (transports/wire.py): the SDK keeps the last of two members, so a
+    # backend or log reader parsing the same bytes first-wins would see another call.
+    raw = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"a":"first","a":"last"}}}'
+    message = types.jsonrpc_message_adapter.validate_json(raw, by_name=False)
+    assert isinstance(message, types.JSONRPCRequest)
+    assert message.params is not None
+    assert message.params["arguments"] == {"a": "last"}, "SDK now refuses or keeps the first: revisit wire.py"

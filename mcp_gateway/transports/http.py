@@ -17,7 +17,7 @@ from mcp.server.auth.routes import build_resource_metadata_url
 from mcp.server.lowlevel import Server
 from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
-from mcp.server.transport_security import TransportSecuritySettings
+from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE, TransportSecuritySettings
 from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -34,6 +34,7 @@ from mcp_gateway.gateway import Gateway
 from mcp_gateway.identity import JwtVerifier, Principal, principal_from
 from mcp_gateway.transports.background import checkpointing, reloading
 from mcp_gateway.transports.handlers import build_server
+from mcp_gateway.transports.wire import StrictJsonGuard
 
 __all__ = ["OriginGuard", "build_app", "http_principal"]
 
@@ -84,6 +85,11 @@ class _SseEndpoint:
                 return  # the SDK already answered 403/421 for a bad Host or Origin
             read_stream, write_stream = streams
             await self.server.run(read_stream, write_stream, self.server.create_initialization_options())
+
+
+def _strict(app: ASGIApp) -> ASGIApp:
+    """Message bodies checked before the SDK parses them (``wire``), within the SDK's own body size limit."""
+    return StrictJsonGuard(app, DEFAULT_MAX_REQUEST_BODY_SIZE)
 
 
 def _security(settings: Settings) -> tuple[TransportSecuritySettings, frozenset[str]]:
@@ -145,9 +151,9 @@ def build_app(
         await gateway.aclose()
 
     routes: list[Route | Mount] = [
-        Route("/mcp", endpoint=guard(StreamableHTTPASGIApp(manager))),
+        Route("/mcp", endpoint=guard(_strict(StreamableHTTPASGIApp(manager)))),
         Route("/sse", endpoint=guard(_SseEndpoint(server, sse)), methods=["GET"]),
-        Mount("/messages/", app=guard(sse.handle_post_message)),
+        Mount("/messages/", app=guard(_strict(sse.handle_post_message))),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route(urlsplit(str(metadata_url)).path, protected_resource_metadata, methods=["GET", "OPTIONS"]),

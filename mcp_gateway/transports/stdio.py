@@ -1,12 +1,26 @@
-"""stdio: one client per process, its token from the environment or a file, verified on every request."""
+"""stdio: one client per process, its token from the environment or a file, verified on every request.
+
+Each line the client sends is checked (``wire.refusal``) before the SDK parses it: a message naming a member
+twice is answered with a JSON-RPC error and never handed on. So that the SDK does not read stdin itself, the
+gateway takes the client's stdin over as the SDK would (fd 0 reads the null device while serving).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import io
+import logging
 import os
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
+from typing import IO, Protocol
 
+import anyio
+import mcp_types as types
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.server.stdio import stdio_server
+from mcp.shared.message import SessionMessage
 
 from mcp_gateway.audit.checkpoint import Checkpointer
 from mcp_gateway.errors import UnauthenticatedError
@@ -14,8 +28,11 @@ from mcp_gateway.gateway import Gateway
 from mcp_gateway.identity import JwtVerifier, Principal
 from mcp_gateway.transports.background import checkpointing, reloading
 from mcp_gateway.transports.handlers import PrincipalSource, build_server, freeze_startup_heap
+from mcp_gateway.transports.wire import refusal
 
 __all__ = ["TOKEN_ENV", "TOKEN_FILE_ENV", "serve", "stdio_principal"]
+
+logger = logging.getLogger(__name__)
 
 TOKEN_ENV = "MCP_GATEWAY_TOKEN"  # noqa: S105 - a variable name, not a secret
 TOKEN_FILE_ENV = "MCP_GATEWAY_TOKEN_FILE"  # noqa: S105 - a variable name, not a secret
@@ -40,13 +57,61 @@ def stdio_principal(verifier: JwtVerifier, environ: Mapping[str, str] = os.envir
     return current
 
 
+class _CheckedLines(anyio.AsyncFile[str]):
+    """The client's lines, each checked before the SDK parses it; the refused ones become errors to answer."""
+
+    def __init__(self, fp: IO[str], refusals: MemoryObjectSendStream[types.JSONRPCError]) -> None:
+        super().__init__(fp)
+        self._refusals = refusals
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        async for line in super().__aiter__():
+            error = refusal(line) if line.strip() else None
+            if error is None:
+                yield line
+                continue
+            logger.warning("refused a stdio message before parsing: %s", error.error.message)
+            await self._refusals.send(error)
+
+
+@contextlib.contextmanager
+def _client_stdin() -> Iterator[IO[str]]:
+    """The client's stdin on a private descriptor, fd 0 pointed at the null device while serving (as the SDK
+    does when it reads stdin itself), so that nothing else in the process can consume the client's bytes."""
+    wire = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    try:
+        # closefd=False and never closed: a worker thread may still block reading it when serving ends.
+        yield io.TextIOWrapper(os.fdopen(wire, "rb", closefd=False), encoding="utf-8", errors="replace")
+    finally:
+        os.dup2(wire, 0)
+
+
+class _Sender(Protocol):
+    async def send(self, item: SessionMessage, /) -> None: ...
+
+
+async def _answer(refusals: MemoryObjectReceiveStream[types.JSONRPCError], write_stream: _Sender) -> None:
+    # The server closes its write stream when the client leaves; a refusal still queued then has nobody to read it.
+    with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+        async for error in refusals:
+            await write_stream.send(SessionMessage(error))
+
+
 async def serve(gateway: Gateway, verifier: JwtVerifier, checkpointer: Checkpointer | None) -> None:
     """Serve one client over stdin/stdout until it disconnects."""
     server = build_server(gateway, stdio_principal(verifier))
     freeze_startup_heap()
-    async with (
-        stdio_server() as (read_stream, write_stream),
-        reloading(gateway),
-        checkpointing(checkpointer, gateway.settings.audit.checkpoint_interval),
-    ):
-        await server.run(read_stream, write_stream, server.create_initialization_options())
+    refusals_in, refusals_out = anyio.create_memory_object_stream[types.JSONRPCError](16)
+    with _client_stdin() as stdin:
+        async with (
+            stdio_server(stdin=_CheckedLines(stdin, refusals_in)) as (read_stream, write_stream),
+            reloading(gateway),
+            checkpointing(checkpointer, gateway.settings.audit.checkpoint_interval),
+            anyio.create_task_group() as group,
+        ):
+            group.start_soon(_answer, refusals_out, write_stream)
+            await server.run(read_stream, write_stream, server.create_initialization_options())
+            group.cancel_scope.cancel()
