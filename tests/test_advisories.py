@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,7 @@ from mcp_gateway.identity import Principal
 from mcp_gateway.server import build_gateway
 from mcp_gateway.transports.wire import refusal
 from tests.conftest import API_KEY, Deployment, ExampleApi, HttpGateway, stop, wait_http
+from tests.raw_mcp import INITIALIZE, INITIALIZED, call_line, jsonrpc_body, raw_stdio, streamable_session
 
 ALICE = Principal("alice", ("support",), "internal", (), None, "test", 2**40)
 
@@ -82,21 +83,6 @@ async def test_hidden_tool_cannot_be_told_from_an_unknown_name_by_timing(gateway
 
 
 # --- Duplicate keys: a parser differential ---------------------------------------------------------------------
-
-PROTOCOL = "2025-11-25"
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 0,
-    "method": "initialize",
-    "params": {"protocolVersion": PROTOCOL, "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}},
-}
-INITIALIZED = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-
-
-def call_line(arguments: str, *, request_id: int = 7, name: str = "crm.customer_lookup") -> str:
-    """A tools/call written out by hand: no JSON library emits a duplicate member."""
-    params = f'"name":"{name}","arguments":{arguments}'
-    return f'{{"jsonrpc":"2.0","id":{request_id},"method":"tools/call","params":{{{params}}}}}'
 
 
 def fresh_customer() -> tuple[str, str]:
@@ -183,71 +169,6 @@ def test_duplicate_keys_in_a_message_are_refused_before_the_sdk_parses_it(case: 
     assert refusal(call_line(f'{{"customer_id":"{first}"}}')) is None
 
 
-class RawStdio:
-    """A gateway process spoken to over stdio line by line: the SDK's client cannot send a duplicate member."""
-
-    def __init__(self, deployment: Deployment, env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "mcp_gateway", "serve", "--transport", "stdio"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**deployment.env(), **env},
-            cwd=deployment.root,
-        )
-        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.stderr: list[bytes] = []
-        self.readers = [
-            threading.Thread(target=self._read, daemon=True),
-            threading.Thread(target=lambda: self.stderr.extend(self.process.stderr or ()), daemon=True),
-        ]
-        for reader in self.readers:
-            reader.start()
-
-    def _read(self) -> None:
-        for line in self.process.stdout or ():
-            self.lines.put(json.loads(line))
-
-    def send(self, line: str | dict[str, Any]) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(((line if isinstance(line, str) else json.dumps(line)) + "\n").encode())
-        self.process.stdin.flush()
-
-    def receive(self) -> dict[str, Any]:
-        return self.lines.get(timeout=30)
-
-    def initialize(self) -> None:
-        self.send(INITIALIZE)
-        assert "result" in self.receive()
-        self.send(INITIALIZED)
-
-    def close(self) -> str:
-        """End the session (EOF on stdin) and return everything the process wrote to stderr."""
-        assert self.process.stdin is not None
-        if not self.process.stdin.closed:
-            self.process.stdin.close()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        for reader in self.readers:
-            reader.join(timeout=10)
-        for pipe in (self.process.stdout, self.process.stderr):
-            if pipe is not None:
-                pipe.close()
-        return b"".join(self.stderr).decode()
-
-
-@contextmanager
-def raw_stdio(deployment: Deployment, **env: str) -> Iterator[RawStdio]:
-    session = RawStdio(deployment, env)
-    try:
-        yield session
-    finally:
-        session.close()
-
-
 def test_duplicate_keys_are_refused_over_stdio(deployment: Deployment, example_api: ExampleApi) -> None:
     token = deployment.mint("alice", ("support",), "internal")
     asked: list[str] = []
@@ -264,33 +185,6 @@ def test_duplicate_keys_are_refused_over_stdio(deployment: Deployment, example_a
         session.send(call_line('{"customer_id":"c-100"}', request_id=9))  # the session carries on
         assert session.receive()["result"]["structuredContent"]["id"] == "c-100"
     assert not asked_for(example_api, *asked)
-
-
-def mcp_headers(token: str, session: str | None = None) -> dict[str, str]:
-    headers = {
-        "Accept": "application/json, text/event-stream",
-        "Content-Type": "application/json",
-        "Authorization": f"Bearer {token}",
-        "MCP-Protocol-Version": PROTOCOL,
-    }
-    return headers | ({"Mcp-Session-Id": session} if session else {})
-
-
-def jsonrpc_body(response: httpx.Response) -> dict[str, Any]:
-    if response.headers["content-type"].startswith("text/event-stream"):
-        data = [line.removeprefix("data:").strip() for line in response.text.splitlines() if line.startswith("data:")]
-        return dict(json.loads(data[-1]))
-    return dict(response.json())
-
-
-@contextmanager
-def streamable_session(gateway: HttpGateway, token: str) -> Iterator[tuple[httpx.Client, dict[str, str]]]:
-    with httpx.Client(base_url=gateway.url, trust_env=False, timeout=20) as client:
-        opened = client.post("/mcp", json=INITIALIZE, headers=mcp_headers(token))
-        assert opened.status_code == 200, opened.text
-        headers = mcp_headers(token, opened.headers["mcp-session-id"])
-        assert client.post("/mcp", json=INITIALIZED, headers=headers).status_code == 202
-        yield client, headers
 
 
 def test_duplicate_keys_are_refused_over_streamable_http(http_gateway: HttpGateway, example_api: ExampleApi) -> None:

@@ -12,6 +12,7 @@ import fcntl
 import io
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Protocol
@@ -36,23 +37,40 @@ logger = logging.getLogger(__name__)
 
 TOKEN_ENV = "MCP_GATEWAY_TOKEN"  # noqa: S105 - a variable name, not a secret
 TOKEN_FILE_ENV = "MCP_GATEWAY_TOKEN_FILE"  # noqa: S105 - a variable name, not a secret
+# Reasons of stdio's own (the verifier's are in mcp_gateway.jose): no token given, or the token file unreadable.
+NO_TOKEN = "no token"  # noqa: S105 - a reason, not a secret
+UNREADABLE = "unreadable"
 
 
 def stdio_principal(verifier: JwtVerifier, environ: Mapping[str, str] = os.environ) -> PrincipalSource:
     """A principal source for stdio: the token from ``MCP_GATEWAY_TOKEN`` or the file named by
-    ``MCP_GATEWAY_TOKEN_FILE`` (re-read each time, so a rotated file takes effect), verified on every request."""
+    ``MCP_GATEWAY_TOKEN_FILE`` (re-read each time, so a rotated file takes effect), verified on every request.
+
+    The client only sees "no valid token"; the operator running the process gets one line on stderr per refusal
+    naming where the token was expected and why it failed (``UnauthenticatedError.reason``), never the token.
+    """
 
     def current() -> Principal:
         token = environ.get(TOKEN_ENV)
         token_file = environ.get(TOKEN_FILE_ENV)
-        if not token and token_file:
-            try:
-                token = Path(token_file).read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise UnauthenticatedError(f"{TOKEN_FILE_ENV}: cannot read {token_file}: {exc.strerror}") from exc
-        if not token:
-            raise UnauthenticatedError(f"no token: set {TOKEN_ENV} or {TOKEN_FILE_ENV}")
-        return verifier.verify(token)
+        source = TOKEN_ENV
+        try:
+            if not token and token_file:
+                source = f"{TOKEN_FILE_ENV} ({token_file})"
+                try:
+                    token = Path(token_file).read_text(encoding="utf-8").strip()
+                except (OSError, UnicodeDecodeError) as exc:
+                    detail = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                    raise UnauthenticatedError(f"cannot read {token_file}: {detail}", reason=UNREADABLE) from exc
+                if not token:
+                    raise UnauthenticatedError(f"{token_file} is empty", reason=NO_TOKEN)
+            if not token:
+                source = f"{TOKEN_ENV} or {TOKEN_FILE_ENV}"
+                raise UnauthenticatedError(f"no token: set {TOKEN_ENV} or {TOKEN_FILE_ENV}", reason=NO_TOKEN)
+            return verifier.verify(token)
+        except UnauthenticatedError as exc:
+            print(f"mcp-gateway: request refused: {source}: {exc.reason}: {exc}", file=sys.stderr, flush=True)
+            raise
 
     return current
 
