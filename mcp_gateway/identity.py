@@ -296,9 +296,10 @@ class JwtVerifier:
             raise UnauthenticatedError("token not yet valid (nbf)", reason=NOT_YET_VALID)
         if iat is not None and now + leeway < iat:
             raise UnauthenticatedError("token issued in the future (iat)", reason=NOT_YET_VALID)
-        # iat and nbf are optional (the documented token contract); without either, the cap applies to the
-        # remaining lifetime, which still bounds how long the token can be used from now on.
-        start = iat if iat is not None else nbf if nbf is not None else now
+        # The lifetime runs from the earliest of iat, nbf and now: the token is valid from whichever it names first,
+        # and in use from now at the latest. From a future nbf alone (both claims are optional, the documented
+        # token contract), a token without iat could be used for the cap plus twice the leeway.
+        start = min(moment for moment in (iat, nbf, now) if moment is not None)
         if exp - start > settings.max_token_lifetime + leeway:
             raise UnauthenticatedError(
                 f"token lifetime exceeds {settings.max_token_lifetime} s", reason=LIFETIME_TOO_LONG

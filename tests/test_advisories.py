@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -29,11 +30,12 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR
 
 from mcp_gateway.config import load_settings
+from mcp_gateway.errors import UnauthenticatedError
 from mcp_gateway.gateway import Gateway
 from mcp_gateway.identity import Principal
-from mcp_gateway.server import build_gateway
+from mcp_gateway.server import build_gateway, build_verifier
 from mcp_gateway.transports.wire import refusal
-from tests.conftest import API_KEY, Deployment, ExampleApi, HttpGateway, stop, wait_http
+from tests.conftest import API_KEY, ISSUER, Deployment, ExampleApi, HttpGateway, stop, wait_http
 from tests.raw_mcp import INITIALIZE, INITIALIZED, call_line, jsonrpc_body, raw_stdio, streamable_session
 
 ALICE = Principal("alice", ("support",), "internal", (), None, "test", 2**40)
@@ -339,3 +341,36 @@ def test_a_duplicate_key_at_any_depth_never_reaches_the_backend(
         assert "result" in jsonrpc_body(allowed), allowed.text
     assert asked_for(example_api, allowed_marker)
     assert not asked_for(example_api, refused_marker)
+
+
+# --- Token lifetime: minted longer than accepted, measured from a future nbf ---------------------------------
+
+
+def test_a_future_nbf_without_iat_does_not_stretch_the_lifetime_cap(deployment: Deployment) -> None:
+    settings = load_settings(deployment.config).identity
+    verifier = build_verifier(load_settings(deployment.config))
+    now = int(time.time())
+    nbf = now + settings.leeway  # accepted now, within the leeway
+    claims = {"iss": ISSUER, "aud": deployment.audience, "sub": "alice", "roles": ["support"], "catalog": "internal"}
+    stretched = {**claims, "nbf": nbf, "exp": nbf + settings.max_token_lifetime + settings.leeway}
+    key = deployment.key
+    with pytest.raises(UnauthenticatedError) as refused:
+        verifier.verify(jwt.encode(stretched, key.private_key, algorithm="EdDSA", headers={"kid": key.kid}))
+    assert refused.value.reason == "lifetime too long"
+    fitting = {**claims, "nbf": nbf, "exp": now + settings.max_token_lifetime}
+    assert verifier.verify(jwt.encode(fitting, key.private_key, algorithm="EdDSA", headers={"kid": key.kid}))
+
+
+def test_token_issue_does_not_mint_what_the_gateway_refuses(deployment: Deployment) -> None:
+    cap = load_settings(deployment.config).identity.max_token_lifetime
+    command = ["token", "issue", "-s", "alice", "-r", "support", "--catalog", "internal", "--ttl", str(cap + 1)]
+    result = subprocess.run(
+        [sys.executable, "-m", "mcp_gateway", *command],
+        env=deployment.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stdout) == (2, "")
+    assert "--ttl" in result.stderr

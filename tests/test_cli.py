@@ -371,6 +371,22 @@ def test_token_issue_prints_only_a_token_the_verifier_accepts(config: Path) -> N
     assert before + 120 <= principal.expires_at <= int(time.time()) + 120
 
 
+@pytest.mark.parametrize("ttl", [pytest.param("3601", id="over-the-cap"), pytest.param("0", id="zero")])
+def test_token_issue_refuses_a_ttl_the_gateway_would_refuse(config: Path, ttl: str) -> None:
+    # identity.max_token_lifetime is 3600 by default: a longer token would be minted, then refused on every call.
+    result = run("token", "issue", "-s", "alice", "--catalog", "internal", "--ttl", ttl, "--config", config)
+    assert result.exit_code == 2
+    assert "--ttl" in text(result.stderr)
+    assert result.stdout == ""
+
+
+def test_token_issue_mints_up_to_the_configured_cap(config: Path) -> None:
+    result = run("token", "issue", "-s", "alice", "--catalog", "internal", "--ttl", "3600", "--config", config)
+    assert result.exit_code == 0, result.output
+    settings = load_settings(config)
+    assert JwtVerifier(settings.identity, load_jwks(settings.identity)).verify(result.stdout.strip()).subject == "alice"
+
+
 def test_token_issue_uses_the_key_the_config_publishes(config: Path) -> None:
     first = run("token", "issue", "-s", "bob", "--catalog", "partner", "-r", "partner", "--config", config)
     second = run("token", "issue", "-s", "bob", "--catalog", "partner", "-r", "partner", "--config", config)

@@ -72,7 +72,7 @@ def token_issue(
     subject: Annotated[str, typer.Option("--subject", "-s", help="The `sub` claim.")],
     catalog: Annotated[str, typer.Option(help="internal or partner.")],
     role: Annotated[list[str] | None, typer.Option("--role", "-r", help="A role; repeat for more.")] = None,
-    ttl: Annotated[int, typer.Option(help="Lifetime in seconds.")] = 300,
+    ttl: Annotated[int, typer.Option(help="Lifetime in seconds, at most identity.max_token_lifetime.")] = 300,
     amr: Annotated[list[str] | None, typer.Option(help="Authentication method; repeat for more.")] = None,
     config: ConfigOption = None,
 ) -> None:
@@ -82,6 +82,10 @@ def token_issue(
     if catalog not in ("internal", "partner"):
         raise ConfigError(f"--catalog must be internal or partner, not {catalog!r}")
     settings = load_settings(config)
+    cap = settings.identity.max_token_lifetime
+    if not 0 < ttl <= cap:
+        # The gateway refuses a longer token on every call; better not to mint one that only looks usable.
+        raise ConfigError(f"--ttl must be between 1 and identity.max_token_lifetime ({cap} s), not {ttl}")
     key = ensure_dev_key(settings.state_dir)
     token = key.mint(
         subject,
