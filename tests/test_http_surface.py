@@ -155,3 +155,34 @@ def test_several_origin_headers_are_refused(http_gateway: HttpGateway) -> None:
             ],
         )
     assert response.status_code == 403
+
+
+# --- RFC 6750 §3.1: no error code when no credentials were sent ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "error"),
+    [
+        pytest.param({}, None, id="no-credentials"),
+        pytest.param({"Authorization": "Basic YWxpY2U6c2VjcmV0"}, None, id="another-scheme"),
+        pytest.param({"Authorization": "Bearer not-a-jwt"}, "invalid_token", id="bad-token"),
+    ],
+)
+def test_challenge_names_an_error_only_when_a_token_was_sent(
+    http_gateway: HttpGateway, headers: dict[str, str], error: str | None
+) -> None:
+    for path in ("/mcp", "/sse"):
+        with httpx.Client(trust_env=False, timeout=10) as client:
+            method = "POST" if path == "/mcp" else "GET"
+            response = client.request(
+                method, f"{http_gateway.url}{path}", json=INITIALIZE, headers=MCP_HEADERS | headers
+            )
+        assert response.status_code == 401
+        challenge = response.headers["www-authenticate"]
+        assert challenge.startswith("Bearer ")
+        assert 'resource_metadata="' in challenge
+        if error is None:
+            assert "error=" not in challenge, challenge
+            assert "error" not in response.json()
+        else:
+            assert f'error="{error}"' in challenge

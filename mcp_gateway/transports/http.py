@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mcp.server.auth.middleware.auth_context import AuthContextMiddleware, get_access_token
-from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend, RequireAuthMiddleware
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, BearerAuthBackend, RequireAuthMiddleware
 from mcp.server.auth.routes import build_resource_metadata_url
 from mcp.server.lowlevel import Server
 from mcp.server.sse import SseServerTransport
@@ -70,6 +70,24 @@ class OriginGuard:
             return False
 
 
+class _RequireBearer(RequireAuthMiddleware):
+    """The SDK's bearer requirement, with RFC 6750 §3.1's challenge when no credentials were sent: no error code
+    (the SDK says ``invalid_token`` either way). A token that was sent and refused still gets ``invalid_token``."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if isinstance(scope.get("user"), AuthenticatedUser) or _bearer_sent(scope):
+            await super().__call__(scope, receive, send)
+            return
+        challenge = f'Bearer resource_metadata="{self.resource_metadata_url}"'
+        body = {"error_description": "Authentication required"}
+        await JSONResponse(body, status_code=401, headers={"WWW-Authenticate": challenge})(scope, receive, send)
+
+
+def _bearer_sent(scope: Scope) -> bool:
+    # Another scheme (Basic, ...) counts as no credentials: RFC 6750 §3.1 names "an unsupported method" so.
+    return any(name == b"authorization" and value[:7].lower() == b"bearer " for name, value in scope.get("headers", ()))
+
+
 class _SseEndpoint:
     """GET /sse: one SSE connection served by the MCP server loop."""
 
@@ -122,7 +140,7 @@ def build_app(
     servers = settings.http.authorization_servers or (settings.identity.issuer,)
 
     def guard(app: ASGIApp) -> ASGIApp:
-        return RequireAuthMiddleware(app, required_scopes=[], resource_metadata_url=metadata_url)
+        return _RequireBearer(app, required_scopes=[], resource_metadata_url=metadata_url)
 
     # RFC 9728 metadata, written out rather than through the SDK's helper: its URL type appends "/" to bare
     # origins, and a resource or issuer that differs by one character from what tokens carry breaks clients.
