@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import mcp_types as types
 import pytest
 from mcp.client import Client
+from mcp.server.auth.middleware.bearer_auth import RequireAuthMiddleware
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
@@ -85,3 +87,16 @@ def test_sdk_parses_duplicate_json_keys_last_one_wins() -> None:
     assert isinstance(message, types.JSONRPCRequest)
     assert message.params is not None
     assert message.params["arguments"] == {"a": "last"}, "SDK now refuses or keeps the first: revisit wire.py"
+
+
+async def test_sdk_bearer_requirement_names_invalid_token_even_without_credentials() -> None:
+    # RFC 6750 §3.1 says no error code then; transports/http.py answers that case itself (_RequireBearer).
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("never reached without a token")
+
+    guarded = RequireAuthMiddleware(app, required_scopes=[])
+    transport = httpx.ASGITransport(app=guarded)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        response = await client.get("/")
+    assert response.status_code == 401
+    assert 'error="invalid_token"' in response.headers["www-authenticate"], "SDK fixed: _RequireBearer can go"
