@@ -5,11 +5,16 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import ISSUER, Deployment, HttpGateway
+from mcp_gateway.config import load_settings
+from mcp_gateway.devkeys import DevKey
+from mcp_gateway.errors import ConfigError
+from tests.conftest import ISSUER, Deployment, ExampleApi, HttpGateway, make_deployment, stop, wait_http
 
 INITIALIZE = {
     "jsonrpc": "2.0",
@@ -186,3 +191,84 @@ def test_challenge_names_an_error_only_when_a_token_was_sent(
             assert "error" not in response.json()
         else:
             assert f'error="{error}"' in challenge
+
+
+# --- CORS for configured browser origins (the MCP Inspector) -------------------------------------------------
+
+INSPECTOR = "http://localhost:6274"
+HTTPS_TOOL = "https://tools.example.test"  # on the default port, which browsers leave out of Origin
+
+
+@pytest.fixture
+def inspector_gateway(tmp_path: Path, example_api: ExampleApi, dev_key: DevKey) -> Iterator[HttpGateway]:
+    deployment = make_deployment(
+        tmp_path / "inspector", example_api, dev_key, http={"allowed_origins": [INSPECTOR, f"{HTTPS_TOOL}:443"]}
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mcp_gateway", "serve", "--transport", "streamable-http"],
+        env=deployment.env(),
+        cwd=deployment.root,
+    )
+    url = f"http://127.0.0.1:{deployment.port}"
+    try:
+        wait_http(f"{url}/healthz", process)
+        yield HttpGateway(deployment, url, process)
+    finally:
+        stop(process)
+
+
+def preflight(gateway: HttpGateway, path: str, origin: str, method: str, headers: str = "") -> httpx.Response:
+    request = {"Origin": origin, "Access-Control-Request-Method": method}
+    if headers:
+        request["Access-Control-Request-Headers"] = headers
+    with httpx.Client(trust_env=False, timeout=10) as client:
+        return client.options(f"{gateway.url}{path}", headers=request)
+
+
+METADATA = "/.well-known/oauth-protected-resource/mcp"
+
+
+@pytest.mark.parametrize("origin", [INSPECTOR, HTTPS_TOOL])
+def test_a_configured_browser_origin_can_read_the_metadata_and_call(
+    inspector_gateway: HttpGateway, origin: str
+) -> None:
+    allowed = preflight(inspector_gateway, METADATA, origin, "GET", "mcp-protocol-version")
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == origin
+    metadata = httpx.get(f"{inspector_gateway.url}{METADATA}", headers={"Origin": origin}, trust_env=False)
+    assert metadata.status_code == 200
+    assert metadata.headers["access-control-allow-origin"] == origin
+    assert metadata.json()["resource"] == inspector_gateway.deployment.audience
+
+    # And /mcp: the preflight is answered before authentication; the 401 lets the browser read its challenge.
+    call = preflight(inspector_gateway, "/mcp", origin, "POST", "authorization, content-type, mcp-protocol-version")
+    assert call.status_code == 200
+    assert call.headers["access-control-allow-origin"] == origin
+    refused = post(inspector_gateway, Origin=origin)
+    assert refused.status_code == 401
+    assert refused.headers["access-control-allow-origin"] == origin
+    assert "www-authenticate" in refused.headers["access-control-expose-headers"].lower()
+    token = inspector_gateway.deployment.mint("alice", ("support",), "internal")
+    opened = post(inspector_gateway, Origin=origin, Authorization=f"Bearer {token}")
+    assert opened.status_code == 200
+    assert "mcp-session-id" in opened.headers["access-control-expose-headers"].lower()
+
+
+@pytest.mark.parametrize("path", [METADATA, "/mcp"])
+def test_a_browser_origin_not_configured_is_refused_with_cors_or_without(
+    inspector_gateway: HttpGateway, http_gateway: HttpGateway, path: str
+) -> None:
+    # Another port of the same host on a configured gateway, and the Inspector on a gateway with none (the default).
+    for gateway, origin in ((inspector_gateway, "http://localhost:6275"), (http_gateway, INSPECTOR)):
+        assert preflight(gateway, path, origin, "GET").status_code == 403
+        response = httpx.get(f"{gateway.url}{path}", headers={"Origin": origin}, trust_env=False)
+        assert response.status_code == 403
+        assert "access-control-allow-origin" not in response.headers
+
+
+def test_allowed_origins_must_be_origins(tmp_path: Path, example_api: ExampleApi, dev_key: DevKey) -> None:
+    deployment = make_deployment(
+        tmp_path, example_api, dev_key, http={"allowed_origins": ["http://localhost:6274/app"]}
+    )
+    with pytest.raises(ConfigError, match="allowed_origins"):
+        load_settings(deployment.config)

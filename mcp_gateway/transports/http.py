@@ -22,6 +22,7 @@ from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Mount, Route
@@ -88,6 +89,45 @@ def _bearer_sent(scope: Scope) -> bool:
     return any(name == b"authorization" and value[:7].lower() == b"bearer " for name, value in scope.get("headers", ()))
 
 
+# What MCP clients send besides the CORS-safelisted headers. Mcp-Param-* headers (2026-07-28) are per tool and
+# not listed: no shipped catalog declares one.
+_CORS_REQUEST_HEADERS = (
+    "authorization",
+    "last-event-id",
+    "mcp-protocol-version",
+    "mcp-session-id",
+    "mcp-method",
+    "mcp-name",
+)
+
+
+def _cors(settings: Settings) -> list[Middleware]:
+    """CORS for the configured browser origins (``http.allowed_origins``; none by default), so that a browser
+    tool such as the MCP Inspector can read the metadata and call ``/mcp``: preflights are answered before
+    authentication (they carry no credentials), and responses expose the challenge and the session header.
+    Any other origin is refused with 403 by ``OriginGuard`` before this runs."""
+    origins = sorted({_browser_origin(origin) for origin in settings.http.allowed_origins})
+    if not origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=_CORS_REQUEST_HEADERS,
+            expose_headers=["www-authenticate", "mcp-session-id", "mcp-protocol-version"],
+            max_age=600,
+        )
+    ]
+
+
+def _browser_origin(url: str) -> str:
+    """An origin as a browser sends it in ``Origin`` (RFC 6454 §6.1): lower-case host, default port left out."""
+    scheme, _, rest = origin_of(url).partition("://")
+    host, _, port = rest.rpartition(":")
+    return f"{scheme}://{host}" if port == ("443" if scheme == "https" else "80") else f"{scheme}://{host}:{port}"
+
+
 class _SseEndpoint:
     """GET /sse: one SSE connection served by the MCP server loop."""
 
@@ -117,10 +157,11 @@ def _security(settings: Settings) -> tuple[TransportSecuritySettings, frozenset[
     origins = {origin_of(http.base_url), *(origin_of(origin) for origin in http.allowed_origins)}
     if http.host in ("127.0.0.1", "localhost", "::1"):
         origins |= {f"http://127.0.0.1:{http.port}", f"http://localhost:{http.port}"}
+    # The SDK compares the Origin header verbatim, and browsers leave a default port out.
     security = TransportSecuritySettings(
         enable_dns_rebinding_protection=True,
         allowed_hosts=sorted(hosts),
-        allowed_origins=sorted(origins),
+        allowed_origins=sorted(origins | {_browser_origin(origin) for origin in origins}),
     )
     return security, frozenset(origins)
 
@@ -178,6 +219,7 @@ def build_app(
     ]
     middleware = [
         Middleware(OriginGuard, allowed=origins),
+        *_cors(settings),
         Middleware(AuthenticationMiddleware, backend=BearerAuthBackend(verifier)),
         Middleware(AuthContextMiddleware),
     ]
