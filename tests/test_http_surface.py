@@ -10,11 +10,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from mcp_types import UNSUPPORTED_PROTOCOL_VERSION
+from mcp_types.version import KNOWN_PROTOCOL_VERSIONS
 
 from mcp_gateway.config import load_settings
 from mcp_gateway.devkeys import DevKey
 from mcp_gateway.errors import ConfigError
 from tests.conftest import ISSUER, Deployment, ExampleApi, HttpGateway, make_deployment, stop, wait_http
+from tests.raw_mcp import jsonrpc_body, streamable_session
 
 INITIALIZE = {
     "jsonrpc": "2.0",
@@ -272,3 +275,38 @@ def test_allowed_origins_must_be_origins(tmp_path: Path, example_api: ExampleApi
     )
     with pytest.raises(ConfigError, match="allowed_origins"):
         load_settings(deployment.config)
+
+
+# --- MCP-Protocol-Version naming no version -------------------------------------------------------------------
+
+UNKNOWN_VERSIONS = [
+    pytest.param(["1999-01-01"], id="too-old"),
+    pytest.param(["2025-13-01"], id="not-a-release"),
+    pytest.param(["garbage"], id="garbage"),
+    pytest.param([""], id="empty"),
+    pytest.param(["x" * 500], id="overlong"),
+    pytest.param(["2025-11-25", "1999-01-01"], id="two-that-differ"),
+]
+
+
+@pytest.mark.parametrize("versions", UNKNOWN_VERSIONS)
+def test_an_unknown_protocol_version_is_named_with_the_supported_ones(
+    http_gateway: HttpGateway, versions: list[str]
+) -> None:
+    token = http_gateway.deployment.mint("alice", ("support",), "internal")
+    listing = {"jsonrpc": "2.0", "id": 3, "method": "tools/list"}
+    with streamable_session(http_gateway, token) as (client, session):
+        for headers in (session, {k: v for k, v in session.items() if k != "Mcp-Session-Id"}):  # in a session, or not
+            base = [(name, value) for name, value in headers.items() if name != "MCP-Protocol-Version"]
+            response = client.post(
+                "/mcp", json=listing, headers=[*base, *(("MCP-Protocol-Version", version) for version in versions)]
+            )
+            assert response.status_code == 400
+            error = response.json()["error"]
+            assert error["code"] == UNSUPPORTED_PROTOCOL_VERSION
+            assert error["message"].startswith("Unsupported MCP-Protocol-Version")
+            assert f"supported: {', '.join(KNOWN_PROTOCOL_VERSIONS)}" in error["message"]
+            assert error["data"]["supported"] == list(KNOWN_PROTOCOL_VERSIONS)
+            assert len(error["message"]) < 300
+        # The session is still good at the version it negotiated.
+        assert "result" in jsonrpc_body(client.post("/mcp", json=listing, headers=session))

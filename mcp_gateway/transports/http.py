@@ -35,7 +35,7 @@ from mcp_gateway.gateway import Gateway
 from mcp_gateway.identity import JwtVerifier, Principal, principal_from
 from mcp_gateway.transports.background import checkpointing, reloading
 from mcp_gateway.transports.handlers import build_server
-from mcp_gateway.transports.wire import StrictJsonGuard
+from mcp_gateway.transports.wire import ProtocolVersionGuard, StrictJsonGuard
 
 __all__ = ["OriginGuard", "build_app", "http_principal"]
 
@@ -210,7 +210,7 @@ def build_app(
         await gateway.aclose()
 
     routes: list[Route | Mount] = [
-        Route("/mcp", endpoint=guard(_strict(StreamableHTTPASGIApp(manager)))),
+        Route("/mcp", endpoint=guard(ProtocolVersionGuard(_strict(StreamableHTTPASGIApp(manager))))),
         Route("/sse", endpoint=guard(_SseEndpoint(server, sse)), methods=["GET"]),
         Mount("/messages/", app=guard(_strict(sse.handle_post_message))),
         Route("/healthz", healthz, methods=["GET"]),

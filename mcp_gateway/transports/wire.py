@@ -7,6 +7,9 @@ refused before it reaches the SDK or the gateway: INVALID_PARAMS when the duplic
 INVALID_REQUEST otherwise (with ``id`` null when ``id`` itself is the duplicate). A message this stricter parser
 cannot read at all is refused as a parse error rather than handed on, so that no message reaches the SDK
 unchecked. ``StrictJsonGuard`` applies the check to HTTP bodies; ``stdio`` applies it to each line.
+
+``ProtocolVersionGuard`` refuses an ``MCP-Protocol-Version`` header naming no version the SDK speaks, saying so:
+the SDK would take it for a 2026-07-28 request and complain about a missing ``params._meta`` envelope instead.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ import logging
 from typing import Any
 
 import mcp_types as types
+from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
+from mcp_types.version import KNOWN_PROTOCOL_VERSIONS
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["DUPLICATE_KEY", "StrictJsonGuard", "refusal"]
+__all__ = ["DUPLICATE_KEY", "ProtocolVersionGuard", "StrictJsonGuard", "refusal", "version_refusal"]
 
 logger = logging.getLogger(__name__)
 
@@ -126,3 +131,38 @@ class StrictJsonGuard:
             return replay.pop() if replay else await receive()
 
         await self.app(scope, replayed, send)
+
+
+def version_refusal(versions: list[str]) -> types.JSONRPCError | None:
+    """The error answering a request's ``MCP-Protocol-Version`` values; None if they name one known version."""
+    if not versions or (len(set(versions)) == 1 and versions[0] in KNOWN_PROTOCOL_VERSIONS):
+        return None
+    # Several differing headers are refused too: which one the SDK would read is not ours to guess.
+    requested = versions[0] if len(set(versions)) == 1 else ", ".join(sorted(set(versions)))
+    shown = requested if len(requested) <= 64 and requested.isprintable() else ascii(requested[:61]) + "..."
+    supported = list(KNOWN_PROTOCOL_VERSIONS)
+    message = f"Unsupported MCP-Protocol-Version {shown!r}; supported: {', '.join(supported)}"
+    data = types.UnsupportedProtocolVersionErrorData(supported=supported, requested=shown).model_dump(mode="json")
+    return types.JSONRPCError(
+        jsonrpc="2.0",
+        id=None,
+        error=types.ErrorData(code=types.UNSUPPORTED_PROTOCOL_VERSION, message=message, data=data),
+    )
+
+
+class ProtocolVersionGuard:
+    """Refuse (400, with the JSON-RPC error as body) a request whose ``MCP-Protocol-Version`` names no known version."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            header = MCP_PROTOCOL_VERSION_HEADER.lower().encode("ascii")
+            versions = [value.decode("latin-1") for name, value in scope["headers"] if name == header]
+            error = version_refusal(versions)
+            if error is not None:
+                content = error.model_dump_json(by_alias=True, exclude_unset=True)
+                await Response(content, status_code=400, media_type="application/json")(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
