@@ -29,7 +29,8 @@ from hypothesis import strategies as st
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR
 
-from mcp_gateway.config import load_settings
+from mcp_gateway.config import EgressSettings, load_settings
+from mcp_gateway.egress.addresses import AddressPinner, AddressRefusedError, literal_refusal
 from mcp_gateway.errors import UnauthenticatedError
 from mcp_gateway.gateway import Gateway
 from mcp_gateway.identity import Principal
@@ -374,3 +375,67 @@ def test_token_issue_does_not_mint_what_the_gateway_refuses(deployment: Deployme
     )
     assert (result.returncode, result.stdout) == (2, "")
     assert "--ttl" in result.stderr
+
+
+# --- Allowlisted addresses no connection should reach -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "flagged"),
+    [
+        # cloud metadata endpoints, link-local or not
+        pytest.param("169.254.169.254", "cloud metadata", id="aws-gcp-azure-metadata"),
+        pytest.param("169.254.170.2", "cloud metadata", id="ecs-task-metadata"),
+        pytest.param("[fd00:ec2::254]", "cloud metadata", id="aws-metadata-ipv6"),
+        pytest.param("100.100.100.200", "cloud metadata", id="alibaba-metadata"),
+        pytest.param("168.63.129.16", "cloud metadata", id="azure-wireserver"),
+        pytest.param("metadata.google.internal.", "metadata host name", id="gcp-metadata-name"),
+        # the same address spelled otherwise
+        pytest.param("2852039166", "169.254.169.254", id="decimal"),
+        pytest.param("0xa9.0xfe.0xa9.0xfe", "169.254.169.254", id="hex"),
+        pytest.param("0251.0376.0251.0376", "169.254.169.254", id="octal"),
+        pytest.param("[::ffff:169.254.169.254]", "169.254.169.254", id="ipv4-mapped"),
+        pytest.param("[64:ff9b::a9fe:a9fe]", "169.254.169.254", id="nat64"),
+        pytest.param("[2002:a9fe:a9fe::1]", "169.254.169.254", id="6to4"),
+        # other addresses nothing should be sent to
+        pytest.param("169.254.1.1", "link-local", id="link-local"),
+        pytest.param("[fe80::1]", "link-local", id="link-local-ipv6"),
+        pytest.param("0.0.0.0", "unspecified", id="unspecified"),  # noqa: S104 - the address under test
+        pytest.param("[::]", "unspecified", id="unspecified-ipv6"),
+        pytest.param("224.0.0.1", "multicast", id="multicast"),
+        pytest.param("240.0.0.1", "reserved", id="reserved"),
+        # fine
+        pytest.param("127.0.0.1", None, id="loopback"),
+        pytest.param("[::1]", None, id="loopback-ipv6"),
+        pytest.param("10.0.0.7", None, id="private"),
+        pytest.param("api.internal.example", None, id="name"),
+        pytest.param("deadbeef.example", None, id="hex-looking-name"),
+    ],
+)
+def test_allowlist_entries_naming_addresses_no_connection_should_reach_are_flagged(
+    host: str, flagged: str | None
+) -> None:
+    reason = literal_refusal(host)
+    if flagged is None:
+        assert reason is None
+    else:
+        assert reason is not None
+        assert flagged in reason
+
+
+@pytest.mark.parametrize(
+    "resolved",
+    [
+        pytest.param("fd00:ec2::254", id="aws-metadata-ipv6"),
+        pytest.param("100.100.100.200", id="alibaba-metadata"),
+        pytest.param("168.63.129.16", id="azure-wireserver"),
+        pytest.param("2002:a9fe:a9fe::1", id="6to4-link-local"),
+    ],
+)
+async def test_a_name_resolving_to_a_metadata_endpoint_is_refused(resolved: str) -> None:
+    async def resolver(host: str, port: int) -> list[str]:
+        return [resolved]
+
+    pinner = AddressPinner(EgressSettings(allow=("http://tools.internal.example:80",)), resolver=resolver)
+    with pytest.raises(AddressRefusedError):
+        await pinner.addresses("tools.internal.example", 80)

@@ -112,6 +112,25 @@ def test_config_check_accepts_the_shipped_example_config_shape(deployment: Path)
     assert result.exit_code == 0, result.output
 
 
+def test_config_check_warns_about_allowlisted_addresses_no_connection_should_reach(config: Path) -> None:
+    data = base_config()
+    flagged = ["http://169.254.169.254", "http://[fd00:ec2::254]:80", "http://0.0.0.0:8080", "http://2852039166"]
+    data["egress"]["allow"] = [API, *flagged, "https://metadata.google.internal"]
+    write_config(config.parent, data)
+
+    result = run("config", "check", "--config", config)
+
+    assert result.exit_code == 0, result.output  # a warning: the operator may mean it
+    assert "configuration OK" in result.stdout
+    warnings = text(result.stderr).split("warning: ")[1:]
+    assert len(warnings) == len(flagged) + 1, result.stderr
+    assert all(line.startswith("egress.allow ") for line in warnings)
+    assert "cloud metadata" in warnings[0]
+    assert "unspecified" in text(result.stderr)
+    assert "169.254.169.254" in warnings[3]  # the decimal spelling, named for what it is
+    assert "127.0.0.1" not in text(result.stderr)
+
+
 def _without_issuer(data: dict[str, Any]) -> None:
     del data["identity"]["issuer"]
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from enum import StrEnum
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import anyio
 import typer
+from rich.markup import escape
 
 from mcp_gateway.catalog import load_catalogs
 from mcp_gateway.cli.common import ConfigOption, err, out
-from mcp_gateway.config import load_settings
+from mcp_gateway.config import Settings, load_settings
 from mcp_gateway.errors import ConfigError
 from mcp_gateway.policy import load_policy
 
@@ -56,6 +58,7 @@ def config_check(config: ConfigOption = None) -> None:
     from mcp_gateway.server import build_verifier
 
     settings = load_settings(config)
+    _warn_about_allowlist(settings)
     build_verifier(settings)
     catalogs = load_catalogs(settings.catalogs_dir, settings.egress)
     policy = load_policy(settings.policies_dir)
@@ -65,6 +68,18 @@ def config_check(config: ConfigOption = None) -> None:
     out.print(f"models: {len(catalogs.models.entries)} in the inventory, {approved} approved")
     out.print(f"policy: {len(policy.rules)} rules, {len(policy.groupings)} groupings, version {policy.version[:12]}")
     out.print("[green]configuration OK[/]")
+
+
+def _warn_about_allowlist(settings: Settings) -> None:
+    """Warn about allowlist entries naming an address the guard refuses when a name resolves to it (link-local,
+    metadata, unspecified...): written as a literal, such an entry is connected to as written."""
+    from mcp_gateway.egress.addresses import literal_refusal
+
+    for entry in settings.egress.allow:
+        reason = literal_refusal(urlsplit(entry).hostname or "")
+        if reason is not None:
+            message = f"egress.allow {entry}: {reason}"
+            err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 @token_app.command("issue")
