@@ -103,6 +103,20 @@ class IdentitySettings(_Section):
         return self
 
 
+def _origins(value: tuple[str, ...]) -> tuple[str, ...]:
+    """Each entry checked to be an origin (scheme://host:port, nothing more) and normalised by ``origin_of``."""
+    for entry in value:
+        parts = urlsplit(entry)
+        if parts.username is not None or parts.password is not None:
+            # Named without the credentials: error messages end up in logs.
+            raise ValueError(f"{parts.scheme}://...@{parts.hostname}: an origin carries no credentials")
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+            raise ValueError(f"{entry!r} is not an origin like http://127.0.0.1:8081")
+        if parts.query or parts.fragment:
+            raise ValueError(f"{entry!r}: an origin carries no query or fragment")
+    return tuple(origin_of(entry) for entry in value)
+
+
 class EgressSettings(_Section):
     allow: tuple[str, ...] = Field(
         default=(),
@@ -112,16 +126,7 @@ class EgressSettings(_Section):
     @field_validator("allow")
     @classmethod
     def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for entry in value:
-            parts = urlsplit(entry)
-            if parts.username is not None or parts.password is not None:
-                # Named without the credentials: error messages end up in logs.
-                raise ValueError(f"{parts.scheme}://...@{parts.hostname}: an origin carries no credentials")
-            if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
-                raise ValueError(f"{entry!r} is not an origin like http://127.0.0.1:8081")
-            if parts.query or parts.fragment:
-                raise ValueError(f"{entry!r}: an origin carries no query or fragment")
-        return tuple(origin_of(entry) for entry in value)
+        return _origins(value)
 
     def permits(self, url: str) -> bool:
         """True when ``url``'s origin (scheme, host, port) is on the allowlist."""
@@ -138,11 +143,18 @@ class HttpSettings(_Section):
         default=None, description="Externally visible base URL; defaults to http://host:port. Used in 401 metadata."
     )
     allowed_origins: tuple[str, ...] = Field(
-        default=(), description="Browser origins allowed to call; requests with any other Origin get 403."
+        default=(),
+        description="Security: browser origins (e.g. the MCP Inspector's http://localhost:6274) allowed to call, "
+        "with CORS; none by default. Requests with any other Origin get 403.",
     )
     authorization_servers: tuple[str, ...] = Field(
         default=(), description="Advertised in RFC 9728 metadata; defaults to identity.issuer."
     )
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _browser_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _origins(value)
 
     @property
     def base_url(self) -> str:

@@ -87,9 +87,15 @@ class RequestError(GatewayError):
 
 
 class UnauthenticatedError(RequestError):
+    """No valid token; ``reason`` names the class of failure for the operator (``expired``, ``wrong audience``...)."""
+
     code: ClassVar[str] = "unauthenticated"
     public_message: ClassVar[str] = "Authentication required: no valid token"
     jsonrpc_code: ClassVar[int] = UNAUTHENTICATED
+
+    def __init__(self, detail: str, *, reason: str = "invalid") -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 class UnknownToolError(RequestError):

@@ -32,7 +32,7 @@ from mcp_gateway import limits
 from mcp_gateway.audit.log import AuditLog
 from mcp_gateway.backends import BackendCall, Backends, ProgressFn
 from mcp_gateway.breakglass import BreakGlass
-from mcp_gateway.call import CALL, RESULT, CallRecord, caller_detail, caller_entry, span_attributes
+from mcp_gateway.call import CALL, RESULT, CallRecord, audited_name, caller_detail, caller_entry, span_attributes
 from mcp_gateway.catalog import CatalogSet, ToolSpec
 from mcp_gateway.config import Settings
 from mcp_gateway.errors import (
@@ -212,18 +212,23 @@ class Gateway:
         entry = call.entry
         tool = catalogs.lookup(principal.catalog, name)
         call.timer.mark("catalog")
+        # A hidden tool and an unknown name do the same work up to the refusal: both are decided and both look
+        # for a grant (a database query: 0.2 ms on local SQLite, milliseconds on a remote database), or timing
+        # would tell them apart where the error body cannot. A name that cannot name a tool is looked up by its
+        # bounded audited form, so a megabyte name costs no more than any other.
+        checked = audited_name(name)
+        decision = snapshot.decide(principal.subject, principal.roles, principal.catalog, checked)
+        grant = None if tool is not None and decision.allowed else self._grant_for(principal, checked)
+        call.timer.mark("policy")
         if tool is None:
             entry.rule = "unknown-tool"
             raise UnknownToolError(f"not in catalog {principal.catalog!r}")
-        decision = snapshot.decide(principal.subject, principal.roles, principal.catalog, name)
         entry.tool_digest, entry.rule = tool.digest, decision.rule
         if not decision.allowed:
-            grant = self._grant_for(principal, name)
             if grant is None:
                 raise UnknownToolError(f"policy denies: {decision.rule}")
             call.add_detail(breakglass=grant, policy_rule=decision.rule)
             entry.rule = f"breakglass:{grant}"
-        call.timer.mark("policy")
         entry.decision = "allow"
         return tool
 

@@ -29,7 +29,24 @@ from mcp.server.auth.provider import AccessToken
 
 from mcp_gateway.config import IdentitySettings
 from mcp_gateway.errors import UnauthenticatedError
-from mcp_gateway.jose import b64url_decode, check_audience, json_object, numeric_date, printable, shown, string_list
+from mcp_gateway.jose import (
+    BAD_SIGNATURE,
+    EXPIRED,
+    INVALID_CLAIMS,
+    LIFETIME_TOO_LONG,
+    MALFORMED,
+    NOT_YET_VALID,
+    UNACCEPTABLE_HEADER,
+    UNKNOWN_KEY,
+    WRONG_ISSUER,
+    b64url_decode,
+    check_audience,
+    json_object,
+    numeric_date,
+    printable,
+    shown,
+    string_list,
+)
 from mcp_gateway.jwks import KEY_FITS, JwkSet, VerificationKey, load_jwks, parse_jwks
 
 __all__ = [
@@ -151,9 +168,9 @@ class JwtVerifier:
                 the detail says which.
         """
         if len(token) > self._settings.max_token_bytes:
-            raise UnauthenticatedError(f"token is larger than {self._settings.max_token_bytes} bytes")
+            raise UnauthenticatedError(f"token is larger than {self._settings.max_token_bytes} bytes", reason=MALFORMED)
         if not token.isascii():
-            raise UnauthenticatedError("token is not a compact JWS of three base64url segments")
+            raise UnauthenticatedError("token is not a compact JWS of three base64url segments", reason=MALFORMED)
         digest = hashlib.sha256(token.encode()).digest()
         now = self._clock()
         entry = self._cache.get(digest)
@@ -162,7 +179,7 @@ class JwtVerifier:
                 return entry.principal
             with self._lock:
                 self._cache.pop(digest, None)
-            raise UnauthenticatedError("token expired")
+            raise UnauthenticatedError("token expired", reason=EXPIRED)
         principal = self._verify_uncached(token, now)
         self._remember(digest, _CacheEntry(principal, principal.expires_at + self._settings.leeway))
         return principal
@@ -204,7 +221,7 @@ class JwtVerifier:
 
     def _verify_uncached(self, token: str, now: float) -> Principal:
         if not _COMPACT_JWS.fullmatch(token):
-            raise UnauthenticatedError("token is not a compact JWS of three base64url segments")
+            raise UnauthenticatedError("token is not a compact JWS of three base64url segments", reason=MALFORMED)
         header_segment, payload_segment, signature_segment = token.split(".")
         header = json_object(b64url_decode(header_segment, "header"), "header")
         key, algorithm = self._select_key(header)
@@ -213,42 +230,52 @@ class JwtVerifier:
         try:
             valid = algorithm.verify(signing_input, key, signature)
         except (PyJWTError, ValueError, TypeError) as exc:
-            raise UnauthenticatedError(f"signature could not be checked: {type(exc).__name__}") from exc
+            raise UnauthenticatedError(
+                f"signature could not be checked: {type(exc).__name__}", reason=BAD_SIGNATURE
+            ) from exc
         if not valid:
-            raise UnauthenticatedError("signature verification failed")
+            raise UnauthenticatedError("signature verification failed", reason=BAD_SIGNATURE)
         claims = json_object(b64url_decode(payload_segment, "payload"), "payload")
         return self._principal(claims, now)
 
     def _select_key(self, header: dict[str, Any]) -> tuple[Any, Algorithm]:
         for name in _KEY_BEARING_HEADERS:
             if name in header:
-                raise UnauthenticatedError(f"header carries {name!r}: keys come only from the configured JWKS")
+                raise UnauthenticatedError(
+                    f"header carries {name!r}: keys come only from the configured JWKS", reason=UNACCEPTABLE_HEADER
+                )
         for name in _EXTENSION_HEADERS:
             if name in header:
-                raise UnauthenticatedError(f"header carries unsupported extension {name!r}")
+                raise UnauthenticatedError(f"header carries unsupported extension {name!r}", reason=UNACCEPTABLE_HEADER)
         typ = header.get("typ")
         if typ is not None and (not isinstance(typ, str) or typ.lower() not in _ACCEPTED_TYPES):
-            raise UnauthenticatedError(f"header typ {shown(typ)} is not an access token type")
+            raise UnauthenticatedError(
+                f"header typ {shown(typ)} is not an access token type", reason=UNACCEPTABLE_HEADER
+            )
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self._algorithms:
-            raise UnauthenticatedError(f"header alg {shown(alg)} is not one of {list(self._algorithms)}")
+            raise UnauthenticatedError(
+                f"header alg {shown(alg)} is not one of {list(self._algorithms)}", reason=UNACCEPTABLE_HEADER
+            )
         kid = header.get("kid")
         if kid is None:
-            raise UnauthenticatedError("header has no kid")
+            raise UnauthenticatedError("header has no kid", reason=UNKNOWN_KEY)
         if not isinstance(kid, str):
-            raise UnauthenticatedError("header kid is not a string")
+            raise UnauthenticatedError("header kid is not a string", reason=UNKNOWN_KEY)
         entry = self._keys.keys.get(kid)
         if entry is None:
-            raise UnauthenticatedError(f"header kid {shown(kid)} is not in the JWKS")
+            raise UnauthenticatedError(f"header kid {shown(kid)} is not in the JWKS", reason=UNKNOWN_KEY)
         kty, curves = KEY_FITS[alg]
         if entry.kty != kty or entry.crv not in curves or (entry.alg is not None and entry.alg != alg):
-            raise UnauthenticatedError(f"key {shown(kid)} ({entry.kty}, {entry.crv}) does not fit alg {alg}")
+            raise UnauthenticatedError(
+                f"key {shown(kid)} ({entry.kty}, {entry.crv}) does not fit alg {alg}", reason=UNKNOWN_KEY
+            )
         algorithm = self._algorithms[alg]
         try:
             # pyjwt checks the key's class (and an EC key's curve) against the algorithm once more.
             prepared = algorithm.prepare_key(entry.public_key)
         except (PyJWTError, ValueError, TypeError) as exc:
-            raise UnauthenticatedError(f"key {shown(kid)} does not fit alg {alg}") from exc
+            raise UnauthenticatedError(f"key {shown(kid)} does not fit alg {alg}", reason=UNKNOWN_KEY) from exc
         return prepared, algorithm
 
     def _principal(self, claims: dict[str, Any], now: float) -> Principal:
@@ -256,43 +283,48 @@ class JwtVerifier:
         leeway = settings.leeway
         issuer = claims.get("iss")
         if issuer != settings.issuer or not isinstance(issuer, str):
-            raise UnauthenticatedError("iss is missing or not the configured issuer")
+            raise UnauthenticatedError("iss is missing or not the configured issuer", reason=WRONG_ISSUER)
         check_audience(claims.get("aud"), settings.audience)
         exp = numeric_date(claims, "exp")
         if exp is None:
-            raise UnauthenticatedError("exp is missing")
+            raise UnauthenticatedError("exp is missing", reason=INVALID_CLAIMS)
         nbf = numeric_date(claims, "nbf")
         iat = numeric_date(claims, "iat")
         if now >= exp + leeway:
-            raise UnauthenticatedError("token expired")
+            raise UnauthenticatedError("token expired", reason=EXPIRED)
         if nbf is not None and now + leeway < nbf:
-            raise UnauthenticatedError("token not yet valid (nbf)")
+            raise UnauthenticatedError("token not yet valid (nbf)", reason=NOT_YET_VALID)
         if iat is not None and now + leeway < iat:
-            raise UnauthenticatedError("token issued in the future (iat)")
-        # iat and nbf are optional (the documented token contract); without either, the cap applies to the
-        # remaining lifetime, which still bounds how long the token can be used from now on.
-        start = iat if iat is not None else nbf if nbf is not None else now
+            raise UnauthenticatedError("token issued in the future (iat)", reason=NOT_YET_VALID)
+        # The lifetime runs from the earliest of iat, nbf and now: the token is valid from whichever it names first,
+        # and in use from now at the latest. From a future nbf alone (both claims are optional, the documented
+        # token contract), a token without iat could be used for the cap plus twice the leeway.
+        start = min(moment for moment in (iat, nbf, now) if moment is not None)
         if exp - start > settings.max_token_lifetime + leeway:
-            raise UnauthenticatedError(f"token lifetime exceeds {settings.max_token_lifetime} s")
+            raise UnauthenticatedError(
+                f"token lifetime exceeds {settings.max_token_lifetime} s", reason=LIFETIME_TOO_LONG
+            )
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
-            raise UnauthenticatedError("sub is missing or not a non-empty string")
+            raise UnauthenticatedError("sub is missing or not a non-empty string", reason=INVALID_CLAIMS)
         if len(subject) > MAX_SUBJECT_CHARS or not printable(subject):
-            raise UnauthenticatedError("sub is too long or contains control characters")
+            raise UnauthenticatedError("sub is too long or contains control characters", reason=INVALID_CLAIMS)
         catalog = claims.get("catalog")
         if not isinstance(catalog, str) or catalog not in CATALOGS:
-            raise UnauthenticatedError(f"catalog {shown(catalog)} is not one of {sorted(CATALOGS)}")
+            raise UnauthenticatedError(
+                f"catalog {shown(catalog)} is not one of {sorted(CATALOGS)}", reason=INVALID_CLAIMS
+            )
         roles = string_list(claims, "roles", MAX_ROLES)
         if not all(_ROLE.fullmatch(role) for role in roles):
-            raise UnauthenticatedError("roles contains a role that is not [A-Za-z0-9_.:-]{1,64}")
+            raise UnauthenticatedError("roles contains a role that is not [A-Za-z0-9_.:-]{1,64}", reason=INVALID_CLAIMS)
         amr = string_list(claims, "amr", MAX_AMR)
         if not all(len(method) <= MAX_SHORT_CLAIM_CHARS and printable(method) for method in amr):
-            raise UnauthenticatedError("amr contains an overlong or unprintable method")
+            raise UnauthenticatedError("amr contains an overlong or unprintable method", reason=INVALID_CLAIMS)
         token_id = claims.get("jti")
         if token_id is not None and (
             not isinstance(token_id, str) or len(token_id) > MAX_TOKEN_ID_CHARS or not printable(token_id)
         ):
-            raise UnauthenticatedError("jti is not a printable string of at most 256 characters")
+            raise UnauthenticatedError("jti is not a printable string of at most 256 characters", reason=INVALID_CLAIMS)
         return Principal(
             subject=subject,
             roles=tuple(dict.fromkeys(roles)),

@@ -17,6 +17,17 @@ from typing import Any
 from mcp_gateway.errors import UnauthenticatedError
 
 __all__ = [
+    "BAD_SIGNATURE",
+    "EXPIRED",
+    "INVALID_CLAIMS",
+    "LIFETIME_TOO_LONG",
+    "MALFORMED",
+    "NOT_YET_VALID",
+    "REASONS",
+    "UNACCEPTABLE_HEADER",
+    "UNKNOWN_KEY",
+    "WRONG_AUDIENCE",
+    "WRONG_ISSUER",
     "b64url_decode",
     "check_audience",
     "json_object",
@@ -26,6 +37,32 @@ __all__ = [
     "string_list",
     "unique_pairs",
 ]
+
+# The class of each refusal (``UnauthenticatedError.reason``), for the operator: on stdio's stderr and in logs.
+EXPIRED = "expired"
+NOT_YET_VALID = "not yet valid"
+WRONG_AUDIENCE = "wrong audience"
+WRONG_ISSUER = "wrong issuer"
+BAD_SIGNATURE = "bad signature"
+UNKNOWN_KEY = "unknown key"
+MALFORMED = "malformed"
+LIFETIME_TOO_LONG = "lifetime too long"
+UNACCEPTABLE_HEADER = "unacceptable header"
+INVALID_CLAIMS = "invalid claims"
+REASONS = frozenset(
+    {
+        EXPIRED,
+        NOT_YET_VALID,
+        WRONG_AUDIENCE,
+        WRONG_ISSUER,
+        BAD_SIGNATURE,
+        UNKNOWN_KEY,
+        MALFORMED,
+        LIFETIME_TOO_LONG,
+        UNACCEPTABLE_HEADER,
+        INVALID_CLAIMS,
+    }
+)
 
 # Unicode categories refused in subjects and other short strings: controls, format characters (bidi
 # overrides, zero-width), line/paragraph separators, surrogates, private use and unassigned.
@@ -53,13 +90,13 @@ def b64url_decode(segment: str, name: str) -> bytes:
     # The caller has already checked the alphabet; refuse non-canonical trailing bits too, so that one
     # token has exactly one spelling.
     if len(segment) % 4 == 1:
-        raise UnauthenticatedError(f"{name} is not valid base64url")
+        raise UnauthenticatedError(f"{name} is not valid base64url", reason=MALFORMED)
     try:
         decoded = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
     except (binascii.Error, ValueError) as exc:
-        raise UnauthenticatedError(f"{name} is not valid base64url") from exc
+        raise UnauthenticatedError(f"{name} is not valid base64url", reason=MALFORMED) from exc
     if base64.urlsafe_b64encode(decoded).rstrip(b"=") != segment.encode("ascii"):
-        raise UnauthenticatedError(f"{name} is not canonical base64url")
+        raise UnauthenticatedError(f"{name} is not canonical base64url", reason=MALFORMED)
     return decoded
 
 
@@ -79,10 +116,10 @@ def json_object(data: bytes, name: str) -> dict[str, Any]:
     except (ValueError, RecursionError) as exc:
         # Duplicate names are refused so that no other parser can read different claims (RFC 8725 §2.7).
         raise UnauthenticatedError(
-            f"{name} is not strict JSON (duplicate names, NaN and Infinity are refused)"
+            f"{name} is not strict JSON (duplicate names, NaN and Infinity are refused)", reason=MALFORMED
         ) from exc
     if not isinstance(value, dict):
-        raise UnauthenticatedError(f"{name} is not a JSON object")
+        raise UnauthenticatedError(f"{name} is not a JSON object", reason=MALFORMED)
     return value
 
 
@@ -99,8 +136,8 @@ def check_audience(aud: Any, audience: str) -> None:
         if audience in aud:
             return
     else:
-        raise UnauthenticatedError("aud is missing or not a string or list of strings")
-    raise UnauthenticatedError("aud does not name this gateway")
+        raise UnauthenticatedError("aud is missing or not a string or list of strings", reason=WRONG_AUDIENCE)
+    raise UnauthenticatedError("aud does not name this gateway", reason=WRONG_AUDIENCE)
 
 
 def numeric_date(claims: dict[str, Any], name: str) -> float | None:
@@ -114,13 +151,13 @@ def numeric_date(claims: dict[str, Any], name: str) -> float | None:
         return None
     # bool is an int subclass; `true` is not a date.
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise UnauthenticatedError(f"{name} is not a NumericDate")
+        raise UnauthenticatedError(f"{name} is not a NumericDate", reason=INVALID_CLAIMS)
     try:
         number = float(value)
     except OverflowError as exc:
-        raise UnauthenticatedError(f"{name} is not a NumericDate") from exc
+        raise UnauthenticatedError(f"{name} is not a NumericDate", reason=INVALID_CLAIMS) from exc
     if not math.isfinite(number):
-        raise UnauthenticatedError(f"{name} is not a NumericDate")
+        raise UnauthenticatedError(f"{name} is not a NumericDate", reason=INVALID_CLAIMS)
     return number
 
 
@@ -132,9 +169,9 @@ def string_list(claims: dict[str, Any], name: str, limit: int) -> list[str]:
     """
     value = claims.get(name, [])
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise UnauthenticatedError(f"{name} is not a list of strings")
+        raise UnauthenticatedError(f"{name} is not a list of strings", reason=INVALID_CLAIMS)
     if len(value) > limit:
-        raise UnauthenticatedError(f"{name} has more than {limit} entries")
+        raise UnauthenticatedError(f"{name} has more than {limit} entries", reason=INVALID_CLAIMS)
     return value
 
 

@@ -112,6 +112,25 @@ def test_config_check_accepts_the_shipped_example_config_shape(deployment: Path)
     assert result.exit_code == 0, result.output
 
 
+def test_config_check_warns_about_allowlisted_addresses_no_connection_should_reach(config: Path) -> None:
+    data = base_config()
+    flagged = ["http://169.254.169.254", "http://[fd00:ec2::254]:80", "http://0.0.0.0:8080", "http://2852039166"]
+    data["egress"]["allow"] = [API, *flagged, "https://metadata.google.internal"]
+    write_config(config.parent, data)
+
+    result = run("config", "check", "--config", config)
+
+    assert result.exit_code == 0, result.output  # a warning: the operator may mean it
+    assert "configuration OK" in result.stdout
+    warnings = text(result.stderr).split("warning: ")[1:]
+    assert len(warnings) == len(flagged) + 1, result.stderr
+    assert all(line.startswith("egress.allow ") for line in warnings)
+    assert "cloud metadata" in warnings[0]
+    assert "unspecified" in text(result.stderr)
+    assert "169.254.169.254" in warnings[3]  # the decimal spelling, named for what it is
+    assert "127.0.0.1" not in text(result.stderr)
+
+
 def _without_issuer(data: dict[str, Any]) -> None:
     del data["identity"]["issuer"]
 
@@ -369,6 +388,22 @@ def test_token_issue_prints_only_a_token_the_verifier_accepts(config: Path) -> N
     assert principal.amr == ("mfa",)
     assert principal.issuer == ISSUER
     assert before + 120 <= principal.expires_at <= int(time.time()) + 120
+
+
+@pytest.mark.parametrize("ttl", [pytest.param("3601", id="over-the-cap"), pytest.param("0", id="zero")])
+def test_token_issue_refuses_a_ttl_the_gateway_would_refuse(config: Path, ttl: str) -> None:
+    # identity.max_token_lifetime is 3600 by default: a longer token would be minted, then refused on every call.
+    result = run("token", "issue", "-s", "alice", "--catalog", "internal", "--ttl", ttl, "--config", config)
+    assert result.exit_code == 2
+    assert "--ttl" in text(result.stderr)
+    assert result.stdout == ""
+
+
+def test_token_issue_mints_up_to_the_configured_cap(config: Path) -> None:
+    result = run("token", "issue", "-s", "alice", "--catalog", "internal", "--ttl", "3600", "--config", config)
+    assert result.exit_code == 0, result.output
+    settings = load_settings(config)
+    assert JwtVerifier(settings.identity, load_jwks(settings.identity)).verify(result.stdout.strip()).subject == "alice"
 
 
 def test_token_issue_uses_the_key_the_config_publishes(config: Path) -> None:

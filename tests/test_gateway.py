@@ -15,6 +15,7 @@ from mcp_gateway.config import load_settings
 from mcp_gateway.errors import UnavailableError
 from mcp_gateway.gateway import Gateway
 from mcp_gateway.identity import Principal
+from mcp_gateway.policy import PolicySnapshot
 from mcp_gateway.server import build_gateway
 from tests.conftest import API_KEY, Deployment, ExampleApi
 
@@ -328,3 +329,48 @@ def test_outcome_only_is_refused_for_a_tool_not_marked_read_only(deployment: Dep
     with pytest.raises(ConfigError) as refused:
         build_gateway(load_settings(deployment.config))
     assert "read_only_hint" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("hr.salary_lookup", id="hidden"),
+        pytest.param("hr.nothing", id="unknown"),
+        pytest.param("crm.nothing", id="unknown-but-a-policy-glob-allows-it"),
+        pytest.param("orders.status", id="in-another-catalog"),
+        pytest.param("x" * 5000, id="cannot-name-a-tool"),
+    ],
+)
+async def test_every_refused_name_does_the_same_work_as_a_hidden_tool(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    # The timing itself is measured in the slow suite (test_advisories); here, that the same steps run.
+    assert gateway.breakglass is not None
+    looked_up: list[str] = []
+    decided: list[str] = []
+    real_lookup, real_decide = gateway.breakglass.active_grant, PolicySnapshot.decide
+
+    def active_grant(subject: str, catalog: str, tool: str) -> str | None:
+        looked_up.append(tool)
+        return real_lookup(subject, catalog, tool)
+
+    def decide(
+        snapshot: PolicySnapshot, subject: str, roles: Any, catalog: str, tool: str, action: str = "call"
+    ) -> Any:
+        decided.append(tool)
+        return real_decide(snapshot, subject, roles, catalog, tool, action)
+
+    monkeypatch.setattr(gateway.breakglass, "active_grant", active_grant)
+    monkeypatch.setattr(PolicySnapshot, "decide", decide)
+    with pytest.raises(MCPError) as caught:
+        await gateway.call_tool(ALICE, name, {}, "req-same-work")
+    assert caught.value.data["code"] == "unknown_tool"
+    assert len(looked_up) == len(decided) == 1
+    assert max(len(looked_up[0]), len(decided[0])) <= 128, "a hostile name is looked up in its bounded form"
+
+
+async def test_an_allowed_call_does_not_look_for_a_grant(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert gateway.breakglass is not None
+    monkeypatch.setattr(gateway.breakglass, "active_grant", lambda *args: pytest.fail("no lookup when allowed"))
+    result = await gateway.call_tool(ALICE, "crm.search", {"query": "ada"}, "req-no-lookup")
+    assert not result.is_error

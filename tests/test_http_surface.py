@@ -5,11 +5,19 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
+from mcp_types import UNSUPPORTED_PROTOCOL_VERSION
+from mcp_types.version import KNOWN_PROTOCOL_VERSIONS
 
-from tests.conftest import ISSUER, Deployment, HttpGateway
+from mcp_gateway.config import load_settings
+from mcp_gateway.devkeys import DevKey
+from mcp_gateway.errors import ConfigError
+from tests.conftest import ISSUER, Deployment, ExampleApi, HttpGateway, make_deployment, stop, wait_http
+from tests.raw_mcp import jsonrpc_body, streamable_session
 
 INITIALIZE = {
     "jsonrpc": "2.0",
@@ -155,3 +163,150 @@ def test_several_origin_headers_are_refused(http_gateway: HttpGateway) -> None:
             ],
         )
     assert response.status_code == 403
+
+
+# --- RFC 6750 §3.1: no error code when no credentials were sent ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "error"),
+    [
+        pytest.param({}, None, id="no-credentials"),
+        pytest.param({"Authorization": "Basic YWxpY2U6c2VjcmV0"}, None, id="another-scheme"),
+        pytest.param({"Authorization": "Bearer not-a-jwt"}, "invalid_token", id="bad-token"),
+    ],
+)
+def test_challenge_names_an_error_only_when_a_token_was_sent(
+    http_gateway: HttpGateway, headers: dict[str, str], error: str | None
+) -> None:
+    for path in ("/mcp", "/sse"):
+        with httpx.Client(trust_env=False, timeout=10) as client:
+            method = "POST" if path == "/mcp" else "GET"
+            response = client.request(
+                method, f"{http_gateway.url}{path}", json=INITIALIZE, headers=MCP_HEADERS | headers
+            )
+        assert response.status_code == 401
+        challenge = response.headers["www-authenticate"]
+        assert challenge.startswith("Bearer ")
+        assert 'resource_metadata="' in challenge
+        if error is None:
+            assert "error=" not in challenge, challenge
+            assert "error" not in response.json()
+        else:
+            assert f'error="{error}"' in challenge
+
+
+# --- CORS for configured browser origins (the MCP Inspector) -------------------------------------------------
+
+INSPECTOR = "http://localhost:6274"
+HTTPS_TOOL = "https://tools.example.test"  # on the default port, which browsers leave out of Origin
+
+
+@pytest.fixture
+def inspector_gateway(tmp_path: Path, example_api: ExampleApi, dev_key: DevKey) -> Iterator[HttpGateway]:
+    deployment = make_deployment(
+        tmp_path / "inspector", example_api, dev_key, http={"allowed_origins": [INSPECTOR, f"{HTTPS_TOOL}:443"]}
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mcp_gateway", "serve", "--transport", "streamable-http"],
+        env=deployment.env(),
+        cwd=deployment.root,
+    )
+    url = f"http://127.0.0.1:{deployment.port}"
+    try:
+        wait_http(f"{url}/healthz", process)
+        yield HttpGateway(deployment, url, process)
+    finally:
+        stop(process)
+
+
+def preflight(gateway: HttpGateway, path: str, origin: str, method: str, headers: str = "") -> httpx.Response:
+    request = {"Origin": origin, "Access-Control-Request-Method": method}
+    if headers:
+        request["Access-Control-Request-Headers"] = headers
+    with httpx.Client(trust_env=False, timeout=10) as client:
+        return client.options(f"{gateway.url}{path}", headers=request)
+
+
+METADATA = "/.well-known/oauth-protected-resource/mcp"
+
+
+@pytest.mark.parametrize("origin", [INSPECTOR, HTTPS_TOOL])
+def test_a_configured_browser_origin_can_read_the_metadata_and_call(
+    inspector_gateway: HttpGateway, origin: str
+) -> None:
+    allowed = preflight(inspector_gateway, METADATA, origin, "GET", "mcp-protocol-version")
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == origin
+    metadata = httpx.get(f"{inspector_gateway.url}{METADATA}", headers={"Origin": origin}, trust_env=False)
+    assert metadata.status_code == 200
+    assert metadata.headers["access-control-allow-origin"] == origin
+    assert metadata.json()["resource"] == inspector_gateway.deployment.audience
+
+    # And /mcp: the preflight is answered before authentication; the 401 lets the browser read its challenge.
+    call = preflight(inspector_gateway, "/mcp", origin, "POST", "authorization, content-type, mcp-protocol-version")
+    assert call.status_code == 200
+    assert call.headers["access-control-allow-origin"] == origin
+    refused = post(inspector_gateway, Origin=origin)
+    assert refused.status_code == 401
+    assert refused.headers["access-control-allow-origin"] == origin
+    assert "www-authenticate" in refused.headers["access-control-expose-headers"].lower()
+    token = inspector_gateway.deployment.mint("alice", ("support",), "internal")
+    opened = post(inspector_gateway, Origin=origin, Authorization=f"Bearer {token}")
+    assert opened.status_code == 200
+    assert "mcp-session-id" in opened.headers["access-control-expose-headers"].lower()
+
+
+@pytest.mark.parametrize("path", [METADATA, "/mcp"])
+def test_a_browser_origin_not_configured_is_refused_with_cors_or_without(
+    inspector_gateway: HttpGateway, http_gateway: HttpGateway, path: str
+) -> None:
+    # Another port of the same host on a configured gateway, and the Inspector on a gateway with none (the default).
+    for gateway, origin in ((inspector_gateway, "http://localhost:6275"), (http_gateway, INSPECTOR)):
+        assert preflight(gateway, path, origin, "GET").status_code == 403
+        response = httpx.get(f"{gateway.url}{path}", headers={"Origin": origin}, trust_env=False)
+        assert response.status_code == 403
+        assert "access-control-allow-origin" not in response.headers
+
+
+def test_allowed_origins_must_be_origins(tmp_path: Path, example_api: ExampleApi, dev_key: DevKey) -> None:
+    deployment = make_deployment(
+        tmp_path, example_api, dev_key, http={"allowed_origins": ["http://localhost:6274/app"]}
+    )
+    with pytest.raises(ConfigError, match="allowed_origins"):
+        load_settings(deployment.config)
+
+
+# --- MCP-Protocol-Version naming no version -------------------------------------------------------------------
+
+UNKNOWN_VERSIONS = [
+    pytest.param(["1999-01-01"], id="too-old"),
+    pytest.param(["2025-13-01"], id="not-a-release"),
+    pytest.param(["garbage"], id="garbage"),
+    pytest.param([""], id="empty"),
+    pytest.param(["x" * 500], id="overlong"),
+    pytest.param(["2025-11-25", "1999-01-01"], id="two-that-differ"),
+]
+
+
+@pytest.mark.parametrize("versions", UNKNOWN_VERSIONS)
+def test_an_unknown_protocol_version_is_named_with_the_supported_ones(
+    http_gateway: HttpGateway, versions: list[str]
+) -> None:
+    token = http_gateway.deployment.mint("alice", ("support",), "internal")
+    listing = {"jsonrpc": "2.0", "id": 3, "method": "tools/list"}
+    with streamable_session(http_gateway, token) as (client, session):
+        for headers in (session, {k: v for k, v in session.items() if k != "Mcp-Session-Id"}):  # in a session, or not
+            base = [(name, value) for name, value in headers.items() if name != "MCP-Protocol-Version"]
+            response = client.post(
+                "/mcp", json=listing, headers=[*base, *(("MCP-Protocol-Version", version) for version in versions)]
+            )
+            assert response.status_code == 400
+            error = response.json()["error"]
+            assert error["code"] == UNSUPPORTED_PROTOCOL_VERSION
+            assert error["message"].startswith("Unsupported MCP-Protocol-Version")
+            assert f"supported: {', '.join(KNOWN_PROTOCOL_VERSIONS)}" in error["message"]
+            assert error["data"]["supported"] == list(KNOWN_PROTOCOL_VERSIONS)
+            assert len(error["message"]) < 300
+        # The session is still good at the version it negotiated.
+        assert "result" in jsonrpc_body(client.post("/mcp", json=listing, headers=session))

@@ -11,10 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from hypothesis import HealthCheck, given
+from hypothesis import strategies as st
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from mcp.server.auth.provider import AccessToken
 
@@ -353,6 +356,64 @@ def test_principal_from_refuses_an_access_token_it_did_not_issue() -> None:
 )
 def test_clock_skew_within_leeway_is_tolerated(verifier: JwtVerifier, overrides: dict[str, Any]) -> None:
     assert verifier.verify(mint(**overrides)).subject == "alice@example.test"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "omit"),
+    [
+        # From a future nbf alone, this token would be good for the cap plus twice the leeway from now.
+        pytest.param({"nbf": NOW + LEEWAY, "exp": NOW + 2 * LEEWAY + MAX_LIFETIME}, {"iat"}, id="future-nbf-no-iat"),
+        pytest.param({"nbf": NOW - 600, "exp": NOW + MAX_LIFETIME}, set(), id="valid-long-before-iat"),
+        pytest.param({"iat": NOW + LEEWAY, "exp": NOW + 2 * LEEWAY + MAX_LIFETIME}, set(), id="future-iat"),
+        pytest.param({"exp": NOW + LEEWAY + MAX_LIFETIME + 1}, {"iat"}, id="no-iat-no-nbf"),
+    ],
+)
+def test_lifetime_is_measured_from_the_earliest_of_iat_nbf_and_now(
+    verifier: JwtVerifier, overrides: dict[str, Any], omit: set[str]
+) -> None:
+    with pytest.raises(UnauthenticatedError) as refused:
+        verifier.verify(mint(omit=frozenset(omit), **overrides))
+    assert refused.value.reason == "lifetime too long"
+
+
+OFFSETS = st.none() | st.integers(-2 * MAX_LIFETIME, 2 * LEEWAY)
+
+
+@hypothesis.settings(
+    max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(iat=OFFSETS, nbf=OFFSETS, exp=st.integers(-2 * LEEWAY, 2 * MAX_LIFETIME))
+def test_a_token_is_accepted_exactly_when_its_dates_are_within_the_bounds(
+    verifier: JwtVerifier, iat: int | None, nbf: int | None, exp: int
+) -> None:
+    # Offsets from the verifier's clock (NOW); an absent claim is omitted from the token.
+    dates = {"iat": iat, "nbf": nbf, "exp": exp}
+    token = mint(
+        key=ED_KEY,
+        alg="EdDSA",
+        kid="ed-1",
+        omit=frozenset(name for name, offset in dates.items() if offset is None),
+        **{name: NOW + offset for name, offset in dates.items() if offset is not None},
+    )
+    present = [offset for offset in (iat, nbf) if offset is not None]
+    start = min([*present, 0])
+    expected = (
+        exp + LEEWAY > 0  # not expired
+        and all(offset <= LEEWAY for offset in present)  # neither issued nor valid only in the future
+        and exp - start <= MAX_LIFETIME + LEEWAY  # the lifetime, from the earliest of iat, nbf and now
+    )
+    try:
+        verifier.verify(token)
+    except UnauthenticatedError:
+        accepted = False
+    else:
+        accepted = True
+    assert accepted is expected
+    # What the cap means: however the dates are set, an accepted token is usable for at most the cap plus
+    # the leeway from now, and at most that from each date it names.
+    if accepted:
+        assert exp <= MAX_LIFETIME + LEEWAY
+        assert all(exp - offset <= MAX_LIFETIME + LEEWAY for offset in present)
 
 
 def test_expiry_is_exact_at_exp_plus_leeway(settings: IdentitySettings) -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import mcp_types as types
 import pytest
 from mcp.client import Client
+from mcp.server.auth.middleware.bearer_auth import RequireAuthMiddleware
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.shared.exceptions import MCPError
 
 from mcp_gateway.config import load_settings
@@ -75,3 +78,53 @@ async def test_gateway_never_leaks_internal_errors(
     assert caught.value.message == "Internal error"
     assert "secret" not in str(caught.value.data)
     assert caught.value.data["code"] == "internal_error"
+
+
+def test_sdk_parses_duplicate_json_keys_last_one_wins() -> None:
+    # Why the transports check raw bytes first (transports/wire.py): the SDK keeps the last of two members, so a
+    # backend or log reader parsing the same bytes first-wins would see another call.
+    raw = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"a":"first","a":"last"}}}'
+    message = types.jsonrpc_message_adapter.validate_json(raw, by_name=False)
+    assert isinstance(message, types.JSONRPCRequest)
+    assert message.params is not None
+    assert message.params["arguments"] == {"a": "last"}, "SDK now refuses or keeps the first: revisit wire.py"
+
+
+async def test_sdk_bearer_requirement_names_invalid_token_even_without_credentials() -> None:
+    # RFC 6750 §3.1 says no error code then; transports/http.py answers that case itself (_RequireBearer).
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("never reached without a token")
+
+    guarded = RequireAuthMiddleware(app, required_scopes=[])
+    transport = httpx.ASGITransport(app=guarded)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        response = await client.get("/")
+    assert response.status_code == 401
+    assert 'error="invalid_token"' in response.headers["www-authenticate"], "SDK fixed: _RequireBearer can go"
+
+
+async def test_sdk_answers_an_unknown_protocol_version_in_a_session_about_the_meta_envelope() -> None:
+    # The manager sends every MCP-Protocol-Version it cannot handshake to the 2026-07-28 entry, whose first
+    # complaint is the missing envelope: transports/wire.py's ProtocolVersionGuard answers such a header itself.
+    server: Server[Any] = Server("bare", on_list_tools=_list, on_call_tool=_echo)
+    manager = StreamableHTTPSessionManager(app=server, json_response=True)
+    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}},
+    }
+    async with manager.run():
+        transport = httpx.ASGITransport(app=StreamableHTTPASGIApp(manager))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            opened = await client.post("/mcp", json=initialize, headers=headers)
+            session = {**headers, "Mcp-Session-Id": opened.headers["mcp-session-id"]}
+            listed = await client.post(
+                "/mcp",
+                json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+                headers={**session, "MCP-Protocol-Version": "1999-01-01"},
+            )
+    assert listed.status_code == 400
+    error = listed.json()["error"]
+    assert (error["code"], "params._meta" in error["message"]) == (types.INVALID_PARAMS, True), "SDK names it now"

@@ -26,9 +26,13 @@ from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.shared.exceptions import MCPError
 
+from mcp_gateway.config import load_settings
 from mcp_gateway.devkeys import DevKey
-from mcp_gateway.errors import UNAUTHENTICATED
+from mcp_gateway.errors import UNAUTHENTICATED, UnauthenticatedError
+from mcp_gateway.jose import REASONS as REASON_CLASSES
+from mcp_gateway.server import build_verifier
 from tests.conftest import ISSUER, Deployment, ExampleApi, make_deployment, stop, wait_http
+from tests.raw_mcp import raw_stdio
 
 INITIALIZE = {
     "jsonrpc": "2.0",
@@ -185,3 +189,69 @@ async def test_every_hostile_token_is_refused_over_stdio_and_a_rotated_good_one_
         token_file.write_text(_sign(running.key, _claims(running)))
         assert (await client.call_tool("crm.search", {"query": "ada"})).is_error is not True
     assert outcomes == {case: [UNAUTHENTICATED, UNAUTHENTICATED] for case in CASES}
+
+
+# Why each hostile token fails, as the operator is told (UnauthenticatedError.reason; never the caller).
+REASONS: dict[str, str] = {
+    "expired": "expired",
+    "not-yet-valid": "not yet valid",
+    "issued-in-future": "not yet valid",
+    "lifetime-too-long": "lifetime too long",
+    "wrong-issuer": "wrong issuer",
+    "wrong-audience": "wrong audience",
+    "missing-exp": "invalid claims",
+    "missing-sub": "invalid claims",
+    "empty-sub": "invalid claims",
+    "missing-catalog": "invalid claims",
+    "unknown-catalog": "invalid claims",
+    "roles-not-a-list": "invalid claims",
+    "alg-none": "unacceptable header",
+    "hs256-with-public-key": "unacceptable header",
+    "unknown-kid": "unknown key",
+    "missing-kid": "unknown key",
+    "jku-header": "unacceptable header",
+    "embedded-jwk": "unacceptable header",
+    "signed-by-another-key": "bad signature",
+    "tampered-payload": "bad signature",
+    "oversized": "malformed",
+    "not-a-jwt": "malformed",
+    "two-segments": "malformed",
+}
+
+
+def test_every_hostile_case_has_a_reason_class() -> None:
+    assert set(REASONS) == set(CASES)
+    assert set(REASONS.values()) <= REASON_CLASSES
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_each_refusal_names_its_reason_class(running: Deployment, case: str) -> None:
+    verifier = build_verifier(load_settings(running.config))
+    with pytest.raises(UnauthenticatedError) as refused:
+        verifier.verify(CASES[case](running))
+    assert refused.value.reason == REASONS[case]
+
+
+def test_stdio_tells_the_operator_on_stderr_why_each_token_failed_without_printing_it(
+    running: Deployment, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(_sign(running.key, _claims(running)))
+    tokens: dict[str, str] = {}
+    with raw_stdio(running, MCP_GATEWAY_TOKEN_FILE=str(token_file)) as session:
+        session.initialize()
+        for number, case in enumerate(sorted(CASES), start=1):
+            tokens[case] = CASES[case](running)
+            token_file.write_text(tokens[case])
+            session.send({"jsonrpc": "2.0", "id": number, "method": "tools/list"})
+            assert session.receive()["error"]["code"] == UNAUTHENTICATED
+        stderr = session.close()
+    refusals = [line for line in stderr.splitlines() if "request refused" in line]
+    assert len(refusals) == len(CASES), "one line per refusal"
+    for line, case in zip(refusals, sorted(CASES), strict=True):
+        assert f"MCP_GATEWAY_TOKEN_FILE ({token_file}): {REASONS[case]}:" in line, line
+    for case, token in tokens.items():
+        # Neither the token nor its signature: the line names where the token was and why it failed, only.
+        assert token not in stderr, case
+        signature = token.rsplit(".", 1)[-1]
+        assert len(signature) < 16 or signature not in stderr, case

@@ -20,6 +20,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_gateway.audit.log import AuditLog
 from mcp_gateway.errors import UNAUTHENTICATED
 from tests.conftest import API_KEY, Deployment, ExampleApi, HttpGateway, make_deployment
+from tests.raw_mcp import raw_stdio
 
 INTERNAL_VISIBLE = ["crm.customer_lookup", "crm.search", "tickets.create"]
 PARTNER_VISIBLE = ["orders.status", "products.list"]
@@ -183,3 +184,37 @@ async def test_running_gateway_picks_up_policy_edits_and_keeps_last_good_on_a_br
     events = [(row["event"], row["outcome"]) for row in log.iter_rows() if row["event"].endswith(".reload")]
     log.close()
     assert events[:2] == [("policy.reload", "ok"), ("policy.reload", "rejected")]
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        pytest.param({"MCP_GATEWAY_TOKEN": "expired"}, "MCP_GATEWAY_TOKEN: expired: token expired", id="expired"),
+        pytest.param({}, "MCP_GATEWAY_TOKEN or MCP_GATEWAY_TOKEN_FILE: no token:", id="no-token"),
+        pytest.param(
+            {"MCP_GATEWAY_TOKEN_FILE": "missing"},
+            "MCP_GATEWAY_TOKEN_FILE ({file}): unreadable: cannot read {file}: No such file or directory",
+            id="missing-file",
+        ),
+        pytest.param(
+            {"MCP_GATEWAY_TOKEN_FILE": "empty"}, "MCP_GATEWAY_TOKEN_FILE ({file}): no token:", id="empty-file"
+        ),
+    ],
+)
+def test_stdio_refusal_names_the_variable_and_the_reason_on_stderr(
+    deployment: Deployment, tmp_path: Any, env: dict[str, str], expected: str
+) -> None:
+    token = deployment.mint("alice", ("support",), "internal", ttl=-120)
+    token_file = tmp_path / "token"
+    if env.get("MCP_GATEWAY_TOKEN_FILE") == "empty":
+        token_file.write_text("\n")
+    values = {name: token if value == "expired" else str(token_file) for name, value in env.items()}
+    # The test's own environment must not lend the process a token.
+    values = {"MCP_GATEWAY_TOKEN": "", "MCP_GATEWAY_TOKEN_FILE": "", **values}
+    with raw_stdio(deployment, **values) as session:
+        session.initialize()
+        session.send({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+        assert session.receive()["error"]["code"] == UNAUTHENTICATED
+        stderr = session.close()
+    assert expected.format(file=token_file) in stderr
+    assert token not in stderr

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from enum import StrEnum
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import anyio
 import typer
+from rich.markup import escape
 
 from mcp_gateway.catalog import load_catalogs
 from mcp_gateway.cli.common import ConfigOption, err, out
-from mcp_gateway.config import load_settings
+from mcp_gateway.config import Settings, load_settings
 from mcp_gateway.errors import ConfigError
 from mcp_gateway.policy import load_policy
 
@@ -56,6 +58,7 @@ def config_check(config: ConfigOption = None) -> None:
     from mcp_gateway.server import build_verifier
 
     settings = load_settings(config)
+    _warn_about_allowlist(settings)
     build_verifier(settings)
     catalogs = load_catalogs(settings.catalogs_dir, settings.egress)
     policy = load_policy(settings.policies_dir)
@@ -67,12 +70,24 @@ def config_check(config: ConfigOption = None) -> None:
     out.print("[green]configuration OK[/]")
 
 
+def _warn_about_allowlist(settings: Settings) -> None:
+    """Warn about allowlist entries naming an address the guard refuses when a name resolves to it (link-local,
+    metadata, unspecified...): written as a literal, such an entry is connected to as written."""
+    from mcp_gateway.egress.addresses import literal_refusal
+
+    for entry in settings.egress.allow:
+        reason = literal_refusal(urlsplit(entry).hostname or "")
+        if reason is not None:
+            message = f"egress.allow {entry}: {reason}"
+            err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 @token_app.command("issue")
 def token_issue(
     subject: Annotated[str, typer.Option("--subject", "-s", help="The `sub` claim.")],
     catalog: Annotated[str, typer.Option(help="internal or partner.")],
     role: Annotated[list[str] | None, typer.Option("--role", "-r", help="A role; repeat for more.")] = None,
-    ttl: Annotated[int, typer.Option(help="Lifetime in seconds.")] = 300,
+    ttl: Annotated[int, typer.Option(help="Lifetime in seconds, at most identity.max_token_lifetime.")] = 300,
     amr: Annotated[list[str] | None, typer.Option(help="Authentication method; repeat for more.")] = None,
     config: ConfigOption = None,
 ) -> None:
@@ -82,6 +97,10 @@ def token_issue(
     if catalog not in ("internal", "partner"):
         raise ConfigError(f"--catalog must be internal or partner, not {catalog!r}")
     settings = load_settings(config)
+    cap = settings.identity.max_token_lifetime
+    if not 0 < ttl <= cap:
+        # The gateway refuses a longer token on every call; better not to mint one that only looks usable.
+        raise ConfigError(f"--ttl must be between 1 and identity.max_token_lifetime ({cap} s), not {ttl}")
     key = ensure_dev_key(settings.state_dir)
     token = key.mint(
         subject,

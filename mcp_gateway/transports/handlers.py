@@ -14,6 +14,7 @@ from mcp.shared.exceptions import MCPError
 
 from mcp_gateway import __version__
 from mcp_gateway.audit.log import AuditEntry, new_request_id
+from mcp_gateway.call import audited_name
 from mcp_gateway.errors import GatewayError, UnauthenticatedError, to_mcp_error
 from mcp_gateway.gateway import Gateway
 from mcp_gateway.identity import Principal
@@ -63,7 +64,9 @@ def build_server(gateway: Gateway, principal: PrincipalSource) -> Server[Any]:
         except GatewayError:
             return None
         tool = gateway.catalogs.lookup(caller.catalog, name)
-        if tool is None or not gateway.policy.check(caller.subject, caller.roles, caller.catalog, name).allowed:
+        # Decided whether or not the tool exists, as in the gateway's admit stage: hidden costs what unknown costs.
+        decision = gateway.policy.check(caller.subject, caller.roles, caller.catalog, audited_name(name))
+        if tool is None or not decision.allowed:
             return None
         return tool.definition.input_schema
 

@@ -14,16 +14,17 @@ from urllib.parse import urlsplit
 import anyio
 import anyio.to_thread
 from mcp.server.auth.middleware.auth_context import AuthContextMiddleware, get_access_token
-from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend, RequireAuthMiddleware
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, BearerAuthBackend, RequireAuthMiddleware
 from mcp.server.auth.routes import build_resource_metadata_url
 from mcp.server.lowlevel import Server
 from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
-from mcp.server.transport_security import TransportSecuritySettings
+from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE, TransportSecuritySettings
 from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Mount, Route
@@ -36,6 +37,7 @@ from mcp_gateway.gateway import Gateway
 from mcp_gateway.identity import JwtVerifier, Principal, principal_from
 from mcp_gateway.transports.background import checkpointing, reloading
 from mcp_gateway.transports.handlers import build_server
+from mcp_gateway.transports.wire import ProtocolVersionGuard, StrictJsonGuard
 
 __all__ = ["OriginGuard", "build_app", "http_principal"]
 
@@ -71,6 +73,63 @@ class OriginGuard:
             return False
 
 
+class _RequireBearer(RequireAuthMiddleware):
+    """The SDK's bearer requirement, with RFC 6750 §3.1's challenge when no credentials were sent: no error code
+    (the SDK says ``invalid_token`` either way). A token that was sent and refused still gets ``invalid_token``."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if isinstance(scope.get("user"), AuthenticatedUser) or _bearer_sent(scope):
+            await super().__call__(scope, receive, send)
+            return
+        challenge = f'Bearer resource_metadata="{self.resource_metadata_url}"'
+        body = {"error_description": "Authentication required"}
+        await JSONResponse(body, status_code=401, headers={"WWW-Authenticate": challenge})(scope, receive, send)
+
+
+def _bearer_sent(scope: Scope) -> bool:
+    # Another scheme (Basic, ...) counts as no credentials: RFC 6750 §3.1 names "an unsupported method" so.
+    return any(name == b"authorization" and value[:7].lower() == b"bearer " for name, value in scope.get("headers", ()))
+
+
+# What MCP clients send besides the CORS-safelisted headers. Mcp-Param-* headers (2026-07-28) are per tool and
+# not listed: no shipped catalog declares one.
+_CORS_REQUEST_HEADERS = (
+    "authorization",
+    "last-event-id",
+    "mcp-protocol-version",
+    "mcp-session-id",
+    "mcp-method",
+    "mcp-name",
+)
+
+
+def _cors(settings: Settings) -> list[Middleware]:
+    """CORS for the configured browser origins (``http.allowed_origins``; none by default), so that a browser
+    tool such as the MCP Inspector can read the metadata and call ``/mcp``: preflights are answered before
+    authentication (they carry no credentials), and responses expose the challenge and the session header.
+    Any other origin is refused with 403 by ``OriginGuard`` before this runs."""
+    origins = sorted({_browser_origin(origin) for origin in settings.http.allowed_origins})
+    if not origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=_CORS_REQUEST_HEADERS,
+            expose_headers=["www-authenticate", "mcp-session-id", "mcp-protocol-version"],
+            max_age=600,
+        )
+    ]
+
+
+def _browser_origin(url: str) -> str:
+    """An origin as a browser sends it in ``Origin`` (RFC 6454 §6.1): lower-case host, default port left out."""
+    scheme, _, rest = origin_of(url).partition("://")
+    host, _, port = rest.rpartition(":")
+    return f"{scheme}://{host}" if port == ("443" if scheme == "https" else "80") else f"{scheme}://{host}:{port}"
+
+
 class _SseEndpoint:
     """GET /sse: one SSE connection served by the MCP server loop."""
 
@@ -88,6 +147,11 @@ class _SseEndpoint:
             await self.server.run(read_stream, write_stream, self.server.create_initialization_options())
 
 
+def _strict(app: ASGIApp) -> ASGIApp:
+    """Message bodies checked before the SDK parses them (``wire``), within the SDK's own body size limit."""
+    return StrictJsonGuard(app, DEFAULT_MAX_REQUEST_BODY_SIZE)
+
+
 def _security(settings: Settings) -> tuple[TransportSecuritySettings, frozenset[str]]:
     http = settings.http
     base = urlsplit(http.base_url)
@@ -95,10 +159,11 @@ def _security(settings: Settings) -> tuple[TransportSecuritySettings, frozenset[
     origins = {origin_of(http.base_url), *(origin_of(origin) for origin in http.allowed_origins)}
     if http.host in ("127.0.0.1", "localhost", "::1"):
         origins |= {f"http://127.0.0.1:{http.port}", f"http://localhost:{http.port}"}
+    # The SDK compares the Origin header verbatim, and browsers leave a default port out.
     security = TransportSecuritySettings(
         enable_dns_rebinding_protection=True,
         allowed_hosts=sorted(hosts),
-        allowed_origins=sorted(origins),
+        allowed_origins=sorted(origins | {_browser_origin(origin) for origin in origins}),
     )
     return security, frozenset(origins)
 
@@ -118,7 +183,7 @@ def build_app(
     servers = settings.http.authorization_servers or (settings.identity.issuer,)
 
     def guard(app: ASGIApp) -> ASGIApp:
-        return RequireAuthMiddleware(app, required_scopes=[], resource_metadata_url=metadata_url)
+        return _RequireBearer(app, required_scopes=[], resource_metadata_url=metadata_url)
 
     # RFC 9728 metadata, written out rather than through the SDK's helper: its URL type appends "/" to bare
     # origins, and a resource or issuer that differs by one character from what tokens carry breaks clients.
@@ -151,15 +216,16 @@ def build_app(
         await gateway.aclose()
 
     routes: list[Route | Mount] = [
-        Route("/mcp", endpoint=guard(StreamableHTTPASGIApp(manager))),
+        Route("/mcp", endpoint=guard(ProtocolVersionGuard(_strict(StreamableHTTPASGIApp(manager))))),
         Route("/sse", endpoint=guard(_SseEndpoint(server, sse)), methods=["GET"]),
-        Mount("/messages/", app=guard(sse.handle_post_message)),
+        Mount("/messages/", app=guard(_strict(sse.handle_post_message))),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route(urlsplit(str(metadata_url)).path, protected_resource_metadata, methods=["GET", "OPTIONS"]),
     ]
     middleware = [
         Middleware(OriginGuard, allowed=origins),
+        *_cors(settings),
         Middleware(AuthenticationMiddleware, backend=BearerAuthBackend(verifier)),
         Middleware(AuthContextMiddleware),
     ]
