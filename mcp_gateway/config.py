@@ -8,17 +8,17 @@ working directory.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from mcp_gateway.errors import ConfigError
+from mcp_gateway.fieldchecks import checked_origins, origin_of
 
 FileModelT = TypeVar("FileModelT", bound=BaseModel)
 
@@ -31,9 +31,7 @@ __all__ = [
     "IdentitySettings",
     "Settings",
     "TelemetrySettings",
-    "absolute_http_url",
     "load_settings",
-    "pattern_check",
     "read_yaml_file",
 ]
 
@@ -103,20 +101,6 @@ class IdentitySettings(_Section):
         return self
 
 
-def _origins(value: tuple[str, ...]) -> tuple[str, ...]:
-    """Each entry checked to be an origin (scheme://host:port, nothing more) and normalised by ``origin_of``."""
-    for entry in value:
-        parts = urlsplit(entry)
-        if parts.username is not None or parts.password is not None:
-            # Named without the credentials: error messages end up in logs.
-            raise ValueError(f"{parts.scheme}://...@{parts.hostname}: an origin carries no credentials")
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
-            raise ValueError(f"{entry!r} is not an origin like http://127.0.0.1:8081")
-        if parts.query or parts.fragment:
-            raise ValueError(f"{entry!r}: an origin carries no query or fragment")
-    return tuple(origin_of(entry) for entry in value)
-
-
 class EgressSettings(_Section):
     allow: tuple[str, ...] = Field(
         default=(),
@@ -126,7 +110,7 @@ class EgressSettings(_Section):
     @field_validator("allow")
     @classmethod
     def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return _origins(value)
+        return checked_origins(value)
 
     def permits(self, url: str) -> bool:
         """True when ``url``'s origin (scheme, host, port) is on the allowlist."""
@@ -154,7 +138,7 @@ class HttpSettings(_Section):
     @field_validator("allowed_origins")
     @classmethod
     def _browser_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return _origins(value)
+        return checked_origins(value)
 
     @property
     def base_url(self) -> str:
@@ -268,45 +252,6 @@ class Settings(BaseSettings):
     @property
     def checkpoint_path(self) -> Path:
         return self.audit.checkpoint_file or self.state_dir / "audit-checkpoints.jsonl"
-
-
-def pattern_check(pattern: re.Pattern[str], message: str) -> Callable[[str | None], str | None]:
-    """A field validator: the value (when set) must match ``pattern`` whole, else ``message``."""
-
-    def check(value: str | None) -> str | None:
-        if value is not None and not pattern.fullmatch(value):
-            raise ValueError(message)
-        return value
-
-    return check
-
-
-def absolute_http_url(value: str) -> SplitResult:
-    """The parts of an absolute http(s) URL with a host.
-
-    Raises:
-        ValueError: it is not one.
-    """
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("must be an absolute http(s) URL")
-    return parts
-
-
-def origin_of(url: str) -> str:
-    """Normalise a URL to its origin, ``scheme://host:port`` with the default port made explicit.
-
-    Raises:
-        ValueError: not an http(s) URL, or one carrying credentials (``user:pass@``), which would be sent.
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an http(s) URL: {url!r}")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError(f"URL carries credentials: {parts.scheme}://...@{parts.hostname}")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return f"{parts.scheme}://{host.lower()}:{port}"
 
 
 def _resolve(base: Path, value: Any) -> Any:

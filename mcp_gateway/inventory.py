@@ -24,8 +24,9 @@ from typing import BinaryIO, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mcp_gateway.canonical import digest
-from mcp_gateway.config import EgressSettings, absolute_http_url, pattern_check, read_yaml_file
+from mcp_gateway.config import EgressSettings, read_yaml_file
 from mcp_gateway.errors import ConfigError
+from mcp_gateway.fieldchecks import absolute_http_url, pattern_check
 
 __all__ = [
     "INVENTORY_FILE",

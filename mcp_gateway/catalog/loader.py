@@ -21,9 +21,10 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from mcp_gateway.canonical import digest as canonical_digest
 from mcp_gateway.catalog.specs import HttpBackend, ModelBackend, SpecModel
-from mcp_gateway.config import EgressSettings, pattern_check, read_yaml_file
+from mcp_gateway.config import EgressSettings, read_yaml_file
 from mcp_gateway.dlp import Action
 from mcp_gateway.errors import ConfigError
+from mcp_gateway.fieldchecks import pattern_check
 from mcp_gateway.inventory import INVENTORY_FILE, Inventory, entry_digest, load_inventory
 from mcp_gateway.ratelimit import RateSpec, parse_rate
 

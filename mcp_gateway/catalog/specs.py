@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mcp_gateway.config import absolute_http_url
+from mcp_gateway.fieldchecks import absolute_http_url
 
 __all__ = ["MODEL_PARAMETERS", "HttpBackend", "ModelBackend", "SpecModel"]
 

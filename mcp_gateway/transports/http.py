@@ -31,8 +31,9 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_gateway.audit.checkpoint import Checkpointer
-from mcp_gateway.config import Settings, origin_of
+from mcp_gateway.config import Settings
 from mcp_gateway.errors import UnauthenticatedError
+from mcp_gateway.fieldchecks import origin_of
 from mcp_gateway.gateway import Gateway
 from mcp_gateway.identity import JwtVerifier, Principal, principal_from
 from mcp_gateway.transports.background import checkpointing, reloading
