@@ -13,6 +13,7 @@ import gzip
 import json
 import socket
 import socketserver
+import string
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -25,6 +26,8 @@ import mcp_types as types
 import pytest
 import uvicorn
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -59,7 +62,7 @@ class Upstream:
     url: str
     redirect_target: str
     stop: threading.Event
-    seen: list[Seen] = field(default_factory=list)
+    seen: list[Seen] = field(default_factory=list, repr=False)  # kept out of reports of failing examples
 
     def requests(self, request_id: str) -> list[Seen]:
         return [item for item in self.seen if item.headers.get("x-request-id") == request_id]
@@ -110,6 +113,13 @@ def hostile_app(state: Upstream) -> ASGIApp:
             return PlainTextResponse("too late")
         if kind == "drip":
             return StreamingResponse(_drip(state.stop), media_type="text/plain")
+        if kind == "set-cookie":
+            # Every `c` query value becomes one Set-Cookie header, as written.
+            response = JSONResponse({"set": True})
+            for name, value in parse_qsl(request.url.query, keep_blank_values=True):
+                if name == "c":
+                    response.headers.append("set-cookie", value)
+            return response
         return PlainTextResponse("no such route", status_code=404)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -792,3 +802,64 @@ def test_unparseable_json_from_upstream_is_an_upstream_error(body: bytes) -> Non
     with pytest.raises(UpstreamError) as info:
         parse_answer("t", response, body)
     assert info.value.code == "upstream_failed"
+
+
+# --- No state carries from one call to the next ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cookies",
+    [
+        # one cookie, with the attributes a session cookie carries
+        pytest.param(["session=A"], id="bare"),
+        pytest.param(["session=A; Path=/"], id="path-root"),
+        pytest.param(["session=A; Path=/echo"], id="path-of-the-next-call"),
+        pytest.param(["session=A; Domain=127.0.0.1"], id="domain-ip"),
+        pytest.param(["session=A; Max-Age=3600"], id="max-age"),
+        pytest.param(["session=A; Expires=Wed, 01 Jan 2098 00:00:00 GMT"], id="expires"),
+        pytest.param(["session=A; HttpOnly; SameSite=Strict"], id="httponly-samesite"),
+        pytest.param(['session="quoted value"; Version=1'], id="rfc2965-quoted"),
+        # several at once
+        pytest.param(["a=1; Path=/", "b=2; Path=/"], id="two-headers"),
+    ],
+)
+async def test_cookie_set_on_one_call_is_not_sent_on_the_next(
+    tmp_path: Path, upstream: Upstream, client: HttpUpstream, cookies: list[str]
+) -> None:
+    setter = make_tool(tmp_path, f"{upstream.url}/set-cookie", query={"c": "cookies"})
+    other = make_tool(tmp_path, f"{upstream.url}/echo/next")
+    first, second = request_id(), request_id()
+
+    await call(client, setter, {"cookies": cookies}, first)  # caller A's call
+    await call(client, other, {}, second)  # caller B's call, on the same client
+    await call(client, setter, {"cookies": []}, request_id())  # and A's own next call
+
+    [seen] = upstream.requests(second)
+    assert "cookie" not in seen.headers
+    assert all("cookie" not in item.headers for item in upstream.seen if item.headers.get("x-request-id") != first)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    name=st.text(alphabet=string.ascii_letters + string.digits + "_-", min_size=1, max_size=12),
+    value=st.text(alphabet=string.ascii_letters + string.digits + "/+=._-", max_size=40),
+    attributes=st.lists(
+        st.sampled_from(
+            ["Path=/", "Path=/echo", "Domain=127.0.0.1", "Max-Age=60", "HttpOnly", "Secure", "SameSite=Lax"]
+        ),
+        max_size=4,
+    ),
+)
+async def test_no_set_cookie_answer_makes_a_later_call_carry_a_cookie(
+    tmp_path: Path, upstream: Upstream, client: HttpUpstream, name: str, value: str, attributes: list[str]
+) -> None:
+    header = "; ".join([f"{name}={value}", *attributes])
+    setter = make_tool(tmp_path, f"{upstream.url}/set-cookie", query={"c": "cookies"})
+    other = make_tool(tmp_path, f"{upstream.url}/echo/next")
+    later = request_id()
+
+    await call(client, setter, {"cookies": [header]}, request_id())
+    await call(client, other, {}, later)
+
+    [seen] = upstream.requests(later)
+    assert "cookie" not in seen.headers
