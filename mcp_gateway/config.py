@@ -105,6 +105,13 @@ class EgressSettings(_Section):
         default=(),
         description="Origins (scheme://host:port) the gateway may connect to. Everything else is refused.",
     )
+    pool_size: int = Field(
+        default=256,
+        ge=1,
+        le=100_000,
+        description="Connections open to backends at once, per HTTP stack (REST tools; model endpoints). A call "
+        "past it waits for a free one inside its deadline; size it for the calls you expect in flight at once.",
+    )
 
     @field_validator("allow")
     @classmethod

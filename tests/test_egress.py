@@ -238,7 +238,26 @@ async def test_broken_body_is_the_clients_own_error(face: str) -> None:
     assert type(failed.value) is LIBRARY[face].RemoteProtocolError
 
 
-# --- No state from one request to the next ---------------------------------------------------------------------------
+# --- Pool size, and no state from one request to the next -------------------------------------------------------
+
+
+async def _concurrently(stack: str, egress: EgressSettings, url: str, count: int) -> None:
+    import anyio
+
+    client: httpx.AsyncClient | httpx2.AsyncClient
+    client = guarded_async_client(egress) if stack == "httpx" else guarded_httpx2_client(egress, headers=None)
+    async with client:
+        async with anyio.create_task_group() as group:
+            for _ in range(count):
+                group.start_soon(client.get, url)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+async def test_pool_holds_egress_pool_size_connections(stack: str) -> None:
+    with RawServer(delay=0.3) as server:
+        await _concurrently(stack, EgressSettings(allow=(server.url,), pool_size=3), f"{server.url}/x", 8)
+    assert server.connections == 8
+    assert server.peak == 3
 
 
 SETS_COOKIES = (

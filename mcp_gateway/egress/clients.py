@@ -336,11 +336,12 @@ class _NoCookies(CookieJar):
 
 
 def guarded_async_client(
-    egress: EgressSettings, *, max_connections: int = 100, resolver: Resolver | None = None
+    egress: EgressSettings, *, max_connections: int | None = None, resolver: Resolver | None = None
 ) -> httpx.AsyncClient:
-    """An ``httpx.AsyncClient`` that can only reach the allowlist and keeps no cookies (REST tools). Build it once
-    and reuse it."""
-    transport = _GuardedTransport(_async_guard(_HTTPX, egress, max_connections, resolver, None))
+    """An ``httpx.AsyncClient`` that can only reach the allowlist and keeps no cookies (REST tools); its pool holds
+    ``max_connections`` (default ``egress.pool_size``). Build it once and reuse it."""
+    size = egress.pool_size if max_connections is None else max_connections
+    transport = _GuardedTransport(_async_guard(_HTTPX, egress, size, resolver, None))
     return httpx.AsyncClient(
         transport=transport, trust_env=False, follow_redirects=False, timeout=10.0, cookies=_NoCookies()
     )
@@ -349,16 +350,17 @@ def guarded_async_client(
 def guarded_httpx2_client(
     egress: EgressSettings,
     *,
-    max_connections: int = 100,
+    max_connections: int | None = None,
     resolver: Resolver | None = None,
     headers: frozenset[str] | None = MODEL_HEADERS,
 ) -> httpx2.AsyncClient:
     """An ``httpx2.AsyncClient`` that can only reach the allowlist, sending only ``headers`` (None: all) and keeping
-    no cookies.
+    no cookies; its pool holds ``max_connections`` (default ``egress.pool_size``).
 
     This is the client handed to the OpenAI client. Build it once and reuse it.
     """
-    transport = _GuardedTransport2(_async_guard(_HTTPX2, egress, max_connections, resolver, headers))
+    size = egress.pool_size if max_connections is None else max_connections
+    transport = _GuardedTransport2(_async_guard(_HTTPX2, egress, size, resolver, headers))
     return httpx2.AsyncClient(
         transport=transport, trust_env=False, follow_redirects=False, timeout=10.0, cookies=_NoCookies()
     )
