@@ -147,6 +147,36 @@ class HttpSettings(_Section):
     authorization_servers: tuple[str, ...] = Field(
         default=(), description="Advertised in RFC 9728 metadata; defaults to identity.issuer."
     )
+    # Slow and greedy clients (transports/guards.py). Each bound drops the connection that passes it; none limits
+    # a response the gateway is producing, or a stream the client is reading.
+    header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="Seconds a connection may take to send a request's headers, from connecting or from the end of "
+        "the previous response; then it is answered 408 and closed.",
+    )
+    body_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Seconds from the end of a request's headers to the end of its body, read or not; then the "
+        "connection is dropped.",
+    )
+    send_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Seconds a client may leave output waiting unread (a full send buffer); then the connection is "
+        "dropped.",
+    )
+    max_connections_per_client: int = Field(
+        default=1024,
+        ge=1,
+        le=1_000_000,
+        description="Open connections one client address may hold (an MCP session holds one or two); more are "
+        "answered 503 and closed. Behind a reverse proxy every connection comes from the proxy: size it for the proxy.",
+    )
 
     @property
     def base_url(self) -> str:

@@ -113,6 +113,11 @@ POOL_TIMEOUTS = _meter.create_counter(
     unit="{call}",
     description="REST calls whose deadline passed while they waited for a connection (egress.pool_size)",
 )
+DROPPED_CONNECTIONS = _meter.create_counter(
+    "mcp_gateway.http.dropped_connections",
+    unit="{connection}",
+    description="client connections closed by an http.* bound (attribute reason)",
+)
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 
