@@ -147,8 +147,8 @@ class HttpSettings(_Section):
     authorization_servers: tuple[str, ...] = Field(
         default=(), description="Advertised in RFC 9728 metadata; defaults to identity.issuer."
     )
-    # Slow and greedy clients (transports/guards.py). Each bound drops the connection that passes it; none limits
-    # a response the gateway is producing, or a stream the client is reading.
+    # Slow and greedy clients (transports/guards.py, transports/sse.py). Each bound drops the connection or session
+    # that passes it; none limits a response the gateway is producing, or a stream the client is reading.
     header_timeout: float = Field(
         default=10.0,
         gt=0,
@@ -176,6 +176,14 @@ class HttpSettings(_Section):
         le=1_000_000,
         description="Open connections one client address may hold (an MCP session holds one or two); more are "
         "answered 503 and closed. Behind a reverse proxy every connection comes from the proxy: size it for the proxy.",
+    )
+    max_queued_messages: int = Field(
+        default=64,
+        ge=1,
+        le=100_000,
+        description="Answers an SSE session may have waiting to be written to its stream; past this the session is "
+        "closed. A client that reads its stream has next to none waiting; each waiting answer holds its result "
+        "(about four times its size in memory).",
     )
 
     @property

@@ -6,6 +6,7 @@ attacks at scale (200 sockets) against a gateway process with its default bounds
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -284,6 +285,7 @@ def _status(address: tuple[str, int]) -> int:
         pytest.param("body_timeout", -1, id="body-timeout-negative"),
         pytest.param("send_timeout", 0, id="send-timeout-zero"),
         pytest.param("max_connections_per_client", 0, id="no-connections"),
+        pytest.param("max_queued_messages", 0, id="no-queue"),
     ],
 )
 def test_bounds_that_would_refuse_everything_are_invalid(key: str, value: float) -> None:
@@ -323,3 +325,146 @@ def test_gateway_process_cuts_off_slow_headers(tmp_path: Path, example_api: Exam
             assert healthz(address) == 200
             until_closed(sock, 1 + SLACK)
             assert time.monotonic() - started >= 0.9
+
+
+# --- SSE: a stream left unread, a stream closed while calls arrive ----------------------------------------------
+
+
+class SseStream:
+    """A raw ``GET /sse`` that reads its endpoint event and then, unless told, nothing more."""
+
+    def __init__(self, deployment: Deployment, token: str) -> None:
+        self.port = deployment.port
+        self.token = token
+        self.sock = connect(("127.0.0.1", deployment.port), receive_buffer=4096)
+        self.sock.sendall(
+            f"GET /sse HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nAuthorization: Bearer {token}\r\n"
+            "Accept: text/event-stream\r\n\r\n".encode()
+        )
+        head = b""
+        self.sock.settimeout(10)
+        while b"session_id=" not in head or b"\r\n" not in head.split(b"session_id=", 1)[1]:
+            head += self.sock.recv(4096)
+        self.session = head.split(b"session_id=", 1)[1].split(b"\r\n", 1)[0].decode().strip()
+
+    def post(self, client: httpx.Client, message: dict[str, Any]) -> int:
+        response = client.post(
+            f"http://127.0.0.1:{self.port}/messages/?session_id={self.session}",
+            content=json.dumps(message),
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
+        return response.status_code
+
+    def open_session(self, client: httpx.Client) -> None:
+        params = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
+        assert self.post(client, {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params}) == 202
+        assert self.post(client, {"jsonrpc": "2.0", "method": "notifications/initialized"}) == 202
+
+
+BIG_ANSWER = json.dumps({"results": [{"id": f"c-{n}", "name": "x" * 200} for n in range(256)]}).encode()
+
+
+@pytest.fixture(scope="module")
+def big_api() -> Iterator[ExampleApi]:
+    """An upstream whose every answer is about 60 KB: an unread stream fills its socket buffers in a few dozen."""
+
+    async def answer(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await Response(BIG_ANSWER, media_type="application/json")(scope, receive, send)
+
+    with serving(answer, header_timeout=30) as (host, port):  # type: ignore[arg-type]
+        yield ExampleApi(f"http://{host}:{port}")
+
+
+def call(number: int) -> dict[str, Any]:
+    params = {"name": "crm.search", "arguments": {"query": "a"}}
+    return {"jsonrpc": "2.0", "id": number, "method": "tools/call", "params": params}
+
+
+def test_unread_sse_stream_is_closed_past_its_cap_with_one_warning_and_no_traceback(
+    tmp_path: Path, big_api: ExampleApi, dev_key: Any
+) -> None:
+    limits = {"max_queued_messages": 8, "send_timeout": 1, "header_timeout": 2}
+    with gateway_process(tmp_path, big_api, dev_key, http=limits) as (deployment, log):
+        stream = SseStream(deployment, deployment.mint("alice", ("support",), "internal"))
+        with closing(stream.sock), httpx.Client(trust_env=False, timeout=10) as client:
+            stream.open_session(client)
+            posted = 0
+            while "SSE session" not in log.read_text() and posted < 2000:
+                posted += 1
+                assert stream.post(client, call(posted)) in (202, 404)
+            after = [stream.post(client, call(posted + number)) for number in range(1, 51)]
+            # The session is gone; its connection goes at send_timeout, as the client still reads nothing.
+            time.sleep(1 + SLACK)
+            until_closed(stream.sock, 10)
+            assert healthz(("127.0.0.1", deployment.port)) == 200
+    text = log.read_text()
+    assert posted < 2000, "the cap never closed the session"
+    assert after == [404] * 50  # refused as an unknown session would be: nothing more is queued for it
+    assert text.count("SSE session from 127.0.0.1 closed") == 1
+    assert "Traceback" not in text
+    assert "ClosedResourceError" not in text
+
+
+def test_sse_client_that_reads_is_not_cut_off_by_many_calls_at_once(
+    tmp_path: Path, example_api: ExampleApi, dev_key: Any
+) -> None:
+    import anyio
+    from mcp.client import Client
+    from mcp.client.sse import sse_client
+
+    with gateway_process(tmp_path, example_api, dev_key, http={"max_queued_messages": 8}) as (deployment, log):
+        token = deployment.mint("alice", ("support",), "internal")
+
+        async def many() -> list[bool]:
+            url = f"http://127.0.0.1:{deployment.port}/sse"
+            results: list[bool] = []
+            async with Client(sse_client(url, headers={"Authorization": f"Bearer {token}"}), mode="legacy") as mcp:
+
+                async def one() -> None:
+                    results.append((await mcp.call_tool("crm.search", {"query": "ada"})).is_error is False)
+
+                with anyio.fail_after(60):
+                    async with anyio.create_task_group() as group:
+                        for _ in range(40):
+                            group.start_soon(one)
+            return results
+
+        results = anyio.run(many)
+    assert results == [True] * 40
+    assert "closed" not in log.read_text()
+
+
+def test_sse_stream_closed_while_calls_arrive_logs_no_traceback(
+    tmp_path: Path, example_api: ExampleApi, dev_key: Any
+) -> None:
+    with gateway_process(tmp_path, example_api, dev_key) as (deployment, log):
+        stream = SseStream(deployment, deployment.mint("alice", ("support",), "internal"))
+        with httpx.Client(trust_env=False, timeout=10) as client:
+            stream.open_session(client)
+        stop_posting = threading.Event()
+        statuses: list[int] = []
+
+        def poster(offset: int) -> None:
+            with httpx.Client(trust_env=False, timeout=10) as client:
+                number = offset
+                while not stop_posting.is_set():
+                    number += 10
+                    try:
+                        statuses.append(stream.post(client, call(number)))
+                    except httpx.HTTPError:
+                        statuses.append(0)
+
+        posters = [threading.Thread(target=poster, args=(offset,)) for offset in range(8)]
+        for thread in posters:
+            thread.start()
+        time.sleep(1.0)
+        stream.sock.close()
+        time.sleep(1.0)
+        stop_posting.set()
+        for thread in posters:
+            thread.join(timeout=20)
+    text = log.read_text()
+    assert 202 in statuses
+    assert "Traceback" not in text
+    assert "ClosedResourceError" not in text

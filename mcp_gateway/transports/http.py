@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 from urllib.parse import urlsplit
 
 from mcp.server.auth.middleware.auth_context import AuthContextMiddleware, get_access_token
 from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend, RequireAuthMiddleware
 from mcp.server.auth.routes import build_resource_metadata_url
-from mcp.server.lowlevel import Server
-from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import AnyHttpUrl
@@ -34,6 +31,7 @@ from mcp_gateway.gateway import Gateway
 from mcp_gateway.identity import JwtVerifier, Principal, principal_from
 from mcp_gateway.transports.background import checkpointing, reloading
 from mcp_gateway.transports.handlers import build_server
+from mcp_gateway.transports.sse import SseSessions
 
 __all__ = ["OriginGuard", "build_app", "http_principal"]
 
@@ -69,23 +67,6 @@ class OriginGuard:
             return False
 
 
-class _SseEndpoint:
-    """GET /sse: one SSE connection served by the MCP server loop."""
-
-    def __init__(self, server: Server[Any], transport: SseServerTransport) -> None:
-        self.server = server
-        self.transport = transport
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async with contextlib.AsyncExitStack() as stack:
-            try:
-                streams = await stack.enter_async_context(self.transport.connect_sse(scope, receive, send))
-            except ValueError:
-                return  # the SDK already answered 403/421 for a bad Host or Origin
-            read_stream, write_stream = streams
-            await self.server.run(read_stream, write_stream, self.server.create_initialization_options())
-
-
 def _security(settings: Settings) -> tuple[TransportSecuritySettings, frozenset[str]]:
     http = settings.http
     base = urlsplit(http.base_url)
@@ -109,7 +90,7 @@ def build_app(
     server = build_server(gateway, http_principal)
     security, origins = _security(settings)
     manager = StreamableHTTPSessionManager(app=server, security_settings=security)
-    sse = SseServerTransport("/messages/", security_settings=security)
+    sse = SseSessions(server, security, settings.http.max_queued_messages)
     # identity.audience is validated as a normalised http(s) URL: the resource tokens are issued for.
     resource = settings.identity.audience
     metadata_url = build_resource_metadata_url(AnyHttpUrl(resource))
@@ -146,8 +127,8 @@ def build_app(
 
     routes: list[Route | Mount] = [
         Route("/mcp", endpoint=guard(StreamableHTTPASGIApp(manager))),
-        Route("/sse", endpoint=guard(_SseEndpoint(server, sse)), methods=["GET"]),
-        Mount("/messages/", app=guard(sse.handle_post_message)),
+        Route("/sse", endpoint=guard(sse.stream), methods=["GET"]),
+        Mount("/messages/", app=guard(sse.messages)),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route(urlsplit(str(metadata_url)).path, protected_resource_metadata, methods=["GET", "OPTIONS"]),
