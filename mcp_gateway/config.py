@@ -106,11 +106,7 @@ class EgressSettings(_Section):
         description="Origins (scheme://host:port) the gateway may connect to. Everything else is refused.",
     )
     pool_size: int = Field(
-        default=256,
-        ge=1,
-        le=100_000,
-        description="Connections open to backends at once, per HTTP stack (REST tools; model endpoints). A call "
-        "past it waits for a free one inside its deadline; size it for the calls you expect in flight at once.",
+        default=256, ge=1, le=100_000, description="Backend connections at once; a call past it waits in its deadline."
     )
 
     @field_validator("allow")
@@ -147,43 +143,16 @@ class HttpSettings(_Section):
     authorization_servers: tuple[str, ...] = Field(
         default=(), description="Advertised in RFC 9728 metadata; defaults to identity.issuer."
     )
-    # Slow and greedy clients (transports/guards.py, transports/sse.py). Each bound drops the connection or session
-    # that passes it; none limits a response the gateway is producing, or a stream the client is reading.
-    header_timeout: float = Field(
-        default=10.0,
-        gt=0,
-        le=300,
-        description="Seconds a connection may take to send a request's headers, from connecting or from the end of "
-        "the previous response; then it is answered 408 and closed.",
-    )
-    body_timeout: float = Field(
-        default=30.0,
-        gt=0,
-        le=3600,
-        description="Seconds from the end of a request's headers to the end of its body, read or not; then the "
-        "connection is dropped.",
-    )
-    send_timeout: float = Field(
-        default=30.0,
-        gt=0,
-        le=3600,
-        description="Seconds a client may leave output waiting unread (a full send buffer); then the connection is "
-        "dropped.",
-    )
+    # Slow and greedy clients (transports/guards.py, transports/sse.py; README lists the defaults). Each bound drops
+    # the connection or session past it; none limits an answer being produced, or a stream the client reads.
+    header_timeout: float = Field(default=10.0, gt=0, le=300, description="Seconds to send a request's headers.")
+    body_timeout: float = Field(default=30.0, gt=0, le=3600, description="Seconds from the headers to the body's end.")
+    send_timeout: float = Field(default=30.0, gt=0, le=3600, description="Seconds output may wait unread.")
     max_connections_per_client: int = Field(
-        default=1024,
-        ge=1,
-        le=1_000_000,
-        description="Open connections one client address may hold (an MCP session holds one or two); more are "
-        "answered 503 and closed. Behind a reverse proxy every connection comes from the proxy: size it for the proxy.",
+        default=1024, ge=1, le=1_000_000, description="Per client address; behind a proxy, size it for the proxy."
     )
     max_queued_messages: int = Field(
-        default=64,
-        ge=1,
-        le=100_000,
-        description="Answers an SSE session may have waiting to be written to its stream; past this the session is "
-        "closed. A client that reads its stream has next to none waiting; each waiting answer holds its result "
-        "(about four times its size in memory).",
+        default=64, ge=1, le=100_000, description="Answers an SSE session may leave unread."
     )
 
     @property
