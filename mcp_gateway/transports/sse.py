@@ -219,11 +219,12 @@ class SseSessions:
 
 
 def _posted_session(scope: Scope) -> str | None:
-    """The session a message is posted to, spelt as the endpoint event spells it (the SDK parses it as a UUID)."""
-    for name, value in parse_qsl(scope.get("query_string", b"").decode("latin-1")):
-        if name == "session_id":
-            try:
-                return uuid.UUID(hex=value).hex
-            except ValueError:
-                return None
-    return None
+    """The session a message is posted to, spelt as the endpoint event spells it. The last ``session_id`` counts, as
+    for the SDK (Starlette's query parameters), which parses it as a UUID."""
+    values = [
+        value for name, value in parse_qsl(scope.get("query_string", b"").decode("latin-1")) if name == "session_id"
+    ]
+    try:
+        return uuid.UUID(hex=values[-1]).hex if values else None
+    except ValueError:
+        return None
