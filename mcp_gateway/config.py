@@ -106,6 +106,9 @@ class EgressSettings(_Section):
         default=(),
         description="Origins (scheme://host:port) the gateway may connect to. Everything else is refused.",
     )
+    pool_size: int = Field(
+        default=256, ge=1, le=100_000, description="Backend connections at once; a call past it waits in its deadline."
+    )
 
     @field_validator("allow")
     @classmethod
@@ -133,6 +136,17 @@ class HttpSettings(_Section):
     )
     authorization_servers: tuple[str, ...] = Field(
         default=(), description="Advertised in RFC 9728 metadata; defaults to identity.issuer."
+    )
+    # Slow and greedy clients (transports/guards.py, transports/sse.py; README lists the defaults). Each bound drops
+    # the connection or session past it; none limits an answer being produced, or a stream the client reads.
+    header_timeout: float = Field(default=10.0, gt=0, le=300, description="Seconds to send a request's headers.")
+    body_timeout: float = Field(default=30.0, gt=0, le=3600, description="Seconds from the headers to the body's end.")
+    send_timeout: float = Field(default=30.0, gt=0, le=3600, description="Seconds output may wait unread.")
+    max_connections_per_client: int = Field(
+        default=1024, ge=1, le=1_000_000, description="Per client address; behind a proxy, size it for the proxy."
+    )
+    max_queued_messages: int = Field(
+        default=64, ge=1, le=100_000, description="Answers an SSE session may leave unread."
     )
 
     @field_validator("allowed_origins")

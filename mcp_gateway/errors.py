@@ -14,6 +14,8 @@ a stable machine-readable ``code``, the ``public_message`` the caller sees, and 
     x DlpBlockedError        arguments or result carry data the tool's DLP action blocks
     x ApprovalRequiredError  the tool needs a second person's approval of this exact call; carries its id
     x UpstreamError          the in-boundary backend failed, timed out or answered too much
+      x UpstreamTimeoutError      it had the call's connection and did not answer in time (audit: timeout)
+      x UpstreamPoolTimeoutError  the deadline passed while the call waited for a connection (audit: pool_timeout)
       x ModelEndpointError   a model endpoint failed, timed out or answered garbage: counts against its breaker
     x UnavailableError       the gateway cannot establish policy or audit: fail closed
       x ModelUnavailableError  every approved model for the tool is down or failed (same code)
@@ -49,6 +51,8 @@ __all__ = [
     "UnavailableError",
     "UnknownToolError",
     "UpstreamError",
+    "UpstreamPoolTimeoutError",
+    "UpstreamTimeoutError",
     "to_call_result",
     "to_mcp_error",
 ]
@@ -170,6 +174,26 @@ class ApprovalRequiredError(CallError):
 class UpstreamError(CallError):
     code: ClassVar[str] = "upstream_failed"
     public_message: ClassVar[str] = "The tool's backend failed"
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """The backend had the call's request and did not answer within the deadline; ``waited`` is how much of the
+    deadline went on waiting for a free connection first (``egress.pool_size``)."""
+
+    def __init__(self, detail: str, *, waited: float = 0.0) -> None:
+        super().__init__(detail)
+        self.waited = waited
+        self.audit_detail = {"upstream": "timeout", "pool_wait_ms": round(waited * 1000, 1)}
+
+
+class UpstreamPoolTimeoutError(UpstreamError):
+    """The deadline passed while the call waited for a free connection to its backend (``egress.pool_size``): the
+    backend never saw it. The caller sees the same code as any backend failure; the audit row tells them apart."""
+
+    def __init__(self, detail: str, *, waited: float) -> None:
+        super().__init__(detail)
+        self.waited = waited
+        self.audit_detail = {"upstream": "pool_timeout", "pool_wait_ms": round(waited * 1000, 1)}
 
 
 class ModelEndpointError(UpstreamError):

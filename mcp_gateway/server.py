@@ -109,11 +109,17 @@ async def run_http(settings: Settings) -> None:
     """Serve HTTP with uvicorn on ``settings.http.host:port``."""
     import uvicorn
 
+    from mcp_gateway.transports.guards import guarded_protocol
+
     telemetry = setup_telemetry(settings)
     verifier = build_verifier(settings)
     gateway = build_gateway(settings)
     app = build_app(settings, gateway, verifier, build_checkpointer(settings, gateway))
-    config = uvicorn.Config(app, host=settings.http.host, port=settings.http.port, log_level="warning")
+    # The h11 protocol with the slow-client bounds (transports/guards.py); it serves no WebSocket upgrade.
+    protocol = guarded_protocol(settings.http)
+    config = uvicorn.Config(
+        app, host=settings.http.host, port=settings.http.port, log_level="warning", http=protocol, ws="none"
+    )
     freeze_startup_heap()
     try:
         await uvicorn.Server(config).serve()

@@ -105,6 +105,19 @@ CALLS = _meter.create_counter("mcp_gateway.calls", unit="{call}", description="t
 DENIALS = _meter.create_counter("mcp_gateway.denials", unit="{call}", description="tools/call requests refused")
 DURATION = _meter.create_histogram("mcp_gateway.call.duration", unit="s", description="tools/call latency")
 DROPPED = _meter.create_counter("mcp_gateway.telemetry.dropped_spans", unit="{span}", description="spans not exported")
+POOL_WAIT = _meter.create_histogram(
+    "mcp_gateway.upstream.pool_wait", unit="s", description="time a REST call waited for a connection to its backend"
+)
+POOL_TIMEOUTS = _meter.create_counter(
+    "mcp_gateway.upstream.pool_timeouts",
+    unit="{call}",
+    description="REST calls whose deadline passed while they waited for a connection (egress.pool_size)",
+)
+DROPPED_CONNECTIONS = _meter.create_counter(
+    "mcp_gateway.http.dropped_connections",
+    unit="{connection}",
+    description="client connections closed by an http.* bound (attribute reason)",
+)
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 

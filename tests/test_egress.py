@@ -236,3 +236,55 @@ async def test_broken_body_is_the_clients_own_error(face: str) -> None:
         with pytest.raises(LIBRARY[face].RemoteProtocolError) as failed:
             await fetch_on(face, egress, f"{server.url}/short", Resolver(["127.0.0.1"]))
     assert type(failed.value) is LIBRARY[face].RemoteProtocolError
+
+
+# --- Pool size, and no state from one request to the next -------------------------------------------------------
+
+
+async def _concurrently(stack: str, egress: EgressSettings, url: str, count: int) -> None:
+    import anyio
+
+    client: httpx.AsyncClient | httpx2.AsyncClient
+    client = guarded_async_client(egress) if stack == "httpx" else guarded_httpx2_client(egress, headers=None)
+    async with client:
+        async with anyio.create_task_group() as group:
+            for _ in range(count):
+                group.start_soon(client.get, url)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+async def test_pool_holds_egress_pool_size_connections(stack: str) -> None:
+    with RawServer(delay=0.3) as server:
+        await _concurrently(stack, EgressSettings(allow=(server.url,), pool_size=3), f"{server.url}/x", 8)
+    assert server.connections == 8
+    assert server.peak == 3
+
+
+SETS_COOKIES = (
+    b"HTTP/1.1 200 OK\r\nSet-Cookie: session=caller-a; Path=/\r\nSet-Cookie: other=1; Domain=127.0.0.1\r\n"
+    b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize("stack", [*STACKS, pytest.param("blocking", id="blocking")])
+async def test_client_keeps_no_cookie_from_one_request_for_the_next(example_api: ExampleApi, stack: str) -> None:
+    # Cookies ignore ports: a cookie from one 127.0.0.1 service would be sent to every other one.
+    with RawServer({"/set": SETS_COOKIES}) as setter:
+        egress = EgressSettings(allow=(setter.url, example_api.url))
+        if stack == "httpx":
+            async with guarded_async_client(egress) as client:
+                await client.get(f"{setter.url}/set")
+                await client.get(f"{example_api.url}/products")
+                assert len(client.cookies) == 0
+        elif stack == "httpx2":
+            async with guarded_httpx2_client(egress, headers=None) as client2:
+                await client2.get(f"{setter.url}/set")
+                await client2.get(f"{example_api.url}/products")
+                assert len(client2.cookies) == 0
+        else:
+            with guarded_client(egress) as blocking:
+                blocking.get(f"{setter.url}/set")
+                blocking.get(f"{example_api.url}/products")
+                assert len(blocking.cookies) == 0
+    last = [request for request in example_api.seen() if request["path"] == "/products"][-1]
+    assert "cookie" not in last["headers"]

@@ -128,3 +128,58 @@ async def test_sdk_answers_an_unknown_protocol_version_in_a_session_about_the_me
     assert listed.status_code == 400
     error = listed.json()["error"]
     assert (error["code"], "params._meta" in error["message"]) == (types.INVALID_PARAMS, True), "SDK names it now"
+
+
+async def test_sdk_sse_post_to_a_session_whose_stream_just_closed_raises_after_answering_202() -> None:
+    """The SDK forgets an SSE session only when its server loop ends; a message posted after the client left but
+    before that is answered 202 and then raises ``ClosedResourceError`` out of the ASGI app (uvicorn logs a
+    traceback per message). ``transports/sse.py`` catches it; if this stops raising, that catch can go."""
+    import json
+
+    import anyio
+    from mcp.server.sse import SseServerTransport
+
+    transport = SseServerTransport("/messages/")
+    left = anyio.Event()
+    found = anyio.Event()
+    session: list[str] = []
+
+    async def stream_receive() -> dict[str, Any]:
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    async def stream_send(message: dict[str, Any]) -> None:
+        body = message.get("body", b"")
+        if b"session_id=" in body and not session:
+            session.append(body.split(b"session_id=", 1)[1].split(b"\r", 1)[0].decode().strip())
+            found.set()
+
+    message = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    posted: list[dict[str, Any]] = []
+
+    async def post_receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": json.dumps(message).encode(), "more_body": False}
+
+    async def post_send(reply: dict[str, Any]) -> None:
+        posted.append(reply)
+
+    get = {"type": "http", "method": "GET", "path": "/sse", "headers": [], "query_string": b"", "root_path": ""}
+    with anyio.fail_after(5):
+        async with transport.connect_sse(get, stream_receive, stream_send) as (read_stream, write_stream):
+            await found.wait()
+            left.set()  # the client goes away
+            with pytest.raises(anyio.EndOfStream):
+                await read_stream.receive()  # the transport has closed the session's stream
+            post = {
+                "type": "http",
+                "method": "POST",
+                "path": "/messages/",
+                "headers": [(b"content-type", b"application/json")],
+                "query_string": f"session_id={session[0]}".encode(),
+                "root_path": "",
+            }
+            with pytest.raises(anyio.ClosedResourceError):
+                await transport.handle_post_message(post, post_receive, post_send)
+            await write_stream.aclose()  # as the server loop does when it ends
+            await read_stream.aclose()
+    assert posted[0]["status"] == 202, "the SDK answers before it hands the message on"

@@ -13,6 +13,7 @@ import gzip
 import json
 import socket
 import socketserver
+import string
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -21,10 +22,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+import anyio
 import mcp_types as types
 import pytest
 import uvicorn
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -34,7 +38,13 @@ from mcp_gateway.backends.http import REQUEST_ID_HEADER, HttpUpstream
 from mcp_gateway.catalog import HttpBackend, ToolSpec, load_catalogs
 from mcp_gateway.config import EgressSettings
 from mcp_gateway.egress import EgressDeniedError
-from mcp_gateway.errors import InvalidArgumentsError, UnavailableError, UpstreamError
+from mcp_gateway.errors import (
+    InvalidArgumentsError,
+    UnavailableError,
+    UpstreamError,
+    UpstreamPoolTimeoutError,
+    UpstreamTimeoutError,
+)
 from mcp_gateway.inventory import Inventory
 
 CAP = 1000  # max_response_bytes for the size tests
@@ -59,7 +69,7 @@ class Upstream:
     url: str
     redirect_target: str
     stop: threading.Event
-    seen: list[Seen] = field(default_factory=list)
+    seen: list[Seen] = field(default_factory=list, repr=False)  # kept out of reports of failing examples
 
     def requests(self, request_id: str) -> list[Seen]:
         return [item for item in self.seen if item.headers.get("x-request-id") == request_id]
@@ -110,6 +120,21 @@ def hostile_app(state: Upstream) -> ASGIApp:
             return PlainTextResponse("too late")
         if kind == "drip":
             return StreamingResponse(_drip(state.stop), media_type="text/plain")
+        if kind == "set-cookie":
+            # Every `c` query value becomes one Set-Cookie header, as written.
+            response = JSONResponse({"set": True})
+            for name, value in parse_qsl(request.url.query, keep_blank_values=True):
+                if name == "c":
+                    response.headers.append("set-cookie", value)
+            return response
+        if kind in ("slow", "customers"):
+            # A backend that takes its time: /slow/<ms>, or (for a gateway's own catalogs) /customers/<id> at 500 ms.
+            segments = raw_path.split(b"/")
+            delay = int(segments[2]) / 1000 if kind == "slow" else 0.5
+            with anyio.move_on_after(delay):
+                while not state.stop.is_set():
+                    await asyncio.sleep(0.02)
+            return JSONResponse({"path": raw_path.decode(), "waited": delay})
         return PlainTextResponse("no such route", status_code=404)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -186,14 +211,27 @@ class RawServer:
 
     DEFAULT = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 8\r\nConnection: close\r\n\r\nrecorded"
 
-    def __init__(self, replies: dict[str, bytes] | None = None) -> None:
+    def __init__(self, replies: dict[str, bytes] | None = None, *, delay: float = 0.0) -> None:
         self.replies = replies or {}
         self.connections = 0
+        self.peak = 0  # most connections open at once
+        self._open = 0
+        self._lock = threading.Lock()
         outer = self
 
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
-                outer.connections += 1
+                with outer._lock:
+                    outer.connections += 1
+                    outer._open += 1
+                    outer.peak = max(outer.peak, outer._open)
+                try:
+                    self._answer()
+                finally:
+                    with outer._lock:
+                        outer._open -= 1
+
+            def _answer(self) -> None:
                 self.request.settimeout(5)
                 head = b""
                 while b"\r\n\r\n" not in head and len(head) < 65536:
@@ -201,6 +239,7 @@ class RawServer:
                     if not data:
                         return
                     head += data
+                time.sleep(delay)  # a backend that takes its time, in its own thread
                 target = head.split(b" ", 2)[1].decode() if head.count(b" ") >= 2 else ""
                 self.request.sendall(outer.replies.get(target, RawServer.DEFAULT))
 
@@ -792,3 +831,187 @@ def test_unparseable_json_from_upstream_is_an_upstream_error(body: bytes) -> Non
     with pytest.raises(UpstreamError) as info:
         parse_answer("t", response, body)
     assert info.value.code == "upstream_failed"
+
+
+# --- No state carries from one call to the next ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cookies",
+    [
+        # one cookie, with the attributes a session cookie carries
+        pytest.param(["session=A"], id="bare"),
+        pytest.param(["session=A; Path=/"], id="path-root"),
+        pytest.param(["session=A; Path=/echo"], id="path-of-the-next-call"),
+        pytest.param(["session=A; Domain=127.0.0.1"], id="domain-ip"),
+        pytest.param(["session=A; Max-Age=3600"], id="max-age"),
+        pytest.param(["session=A; Expires=Wed, 01 Jan 2098 00:00:00 GMT"], id="expires"),
+        pytest.param(["session=A; HttpOnly; SameSite=Strict"], id="httponly-samesite"),
+        pytest.param(['session="quoted value"; Version=1'], id="rfc2965-quoted"),
+        # several at once
+        pytest.param(["a=1; Path=/", "b=2; Path=/"], id="two-headers"),
+    ],
+)
+async def test_cookie_set_on_one_call_is_not_sent_on_the_next(
+    tmp_path: Path, upstream: Upstream, client: HttpUpstream, cookies: list[str]
+) -> None:
+    setter = make_tool(tmp_path, f"{upstream.url}/set-cookie", query={"c": "cookies"})
+    other = make_tool(tmp_path, f"{upstream.url}/echo/next")
+    first, second = request_id(), request_id()
+
+    await call(client, setter, {"cookies": cookies}, first)  # caller A's call
+    await call(client, other, {}, second)  # caller B's call, on the same client
+    await call(client, setter, {"cookies": []}, request_id())  # and A's own next call
+
+    [seen] = upstream.requests(second)
+    assert "cookie" not in seen.headers
+    assert all("cookie" not in item.headers for item in upstream.seen if item.headers.get("x-request-id") != first)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    name=st.text(alphabet=string.ascii_letters + string.digits + "_-", min_size=1, max_size=12),
+    value=st.text(alphabet=string.ascii_letters + string.digits + "/+=._-", max_size=40),
+    attributes=st.lists(
+        st.sampled_from(
+            ["Path=/", "Path=/echo", "Domain=127.0.0.1", "Max-Age=60", "HttpOnly", "Secure", "SameSite=Lax"]
+        ),
+        max_size=4,
+    ),
+)
+async def test_no_set_cookie_answer_makes_a_later_call_carry_a_cookie(
+    tmp_path: Path, upstream: Upstream, client: HttpUpstream, name: str, value: str, attributes: list[str]
+) -> None:
+    header = "; ".join([f"{name}={value}", *attributes])
+    setter = make_tool(tmp_path, f"{upstream.url}/set-cookie", query={"c": "cookies"})
+    other = make_tool(tmp_path, f"{upstream.url}/echo/next")
+    later = request_id()
+
+    await call(client, setter, {"cookies": [header]}, request_id())
+    await call(client, other, {}, later)
+
+    [seen] = upstream.requests(later)
+    assert "cookie" not in seen.headers
+
+
+# --- The connection pool: waiting for a connection is not the backend timing out ---------------------------
+
+
+async def _outcomes(http: HttpUpstream, tools: list[ToolSpec]) -> list[BaseException | None]:
+    """Call each of ``tools`` at once, in this order (the pool queues waiting requests in arrival order)."""
+    outcomes: list[BaseException | None] = [None] * len(tools)
+
+    async def one(index: int, tool: ToolSpec) -> None:
+        try:
+            await call(http, tool, {}, request_id())
+        except UpstreamError as exc:
+            outcomes[index] = exc
+
+    async with anyio.create_task_group() as group:
+        for index, tool in enumerate(tools):
+            group.start_soon(one, index, tool)
+    return outcomes
+
+
+async def test_call_whose_deadline_passes_waiting_for_a_connection_is_a_pool_timeout(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    # Two connections, five calls to a backend that takes 0.5 s. The first two answer. The next two, with 0.8 s
+    # deadlines, get a connection at 0.5 s and the backend is still working at 0.8 s. The last, with a 0.6 s
+    # deadline, is still waiting for a connection at 0.6 s.
+    http = HttpUpstream(EgressSettings(allow=(upstream.url,), pool_size=2))
+    patient = make_tool(tmp_path, f"{upstream.url}/slow/500", timeout=0.8)
+    hurried = make_tool(tmp_path, f"{upstream.url}/slow/500", timeout=0.6)
+    try:
+        outcomes = await _outcomes(http, [patient] * 4 + [hurried])
+    finally:
+        await http.aclose()
+
+    assert outcomes[:2] == [None, None]
+    failures = outcomes[2:]
+    assert all(isinstance(failure, UpstreamError) and failure.code == "upstream_failed" for failure in failures)
+    first, second, last = failures
+    assert isinstance(first, UpstreamTimeoutError)
+    assert isinstance(second, UpstreamTimeoutError)
+    assert isinstance(last, UpstreamPoolTimeoutError)
+    # The two that reached the backend waited for a connection first, and the audit row says for how long.
+    for failure in (first, second):
+        assert failure.audit_detail["upstream"] == "timeout"
+        assert 0.4 <= failure.waited < 0.8
+        assert failure.audit_detail["pool_wait_ms"] == round(failure.waited * 1000, 1)
+    assert last.audit_detail["upstream"] == "pool_timeout"
+    assert 0.55 <= last.waited < 1.5
+
+
+async def test_calls_that_wait_for_a_connection_within_their_deadline_succeed(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    http = HttpUpstream(EgressSettings(allow=(upstream.url,), pool_size=1))
+    tool = make_tool(tmp_path, f"{upstream.url}/slow/200", timeout=3)
+    try:
+        outcomes = await _outcomes(http, [tool] * 3)
+    finally:
+        await http.aclose()
+
+    assert outcomes == [None, None, None]
+
+
+async def test_pool_size_comes_from_the_egress_settings(tmp_path: Path, upstream: Upstream) -> None:
+    # Ten calls of 0.3 s on a pool of ten take one round, not the four a pool of three would.
+    http = HttpUpstream(EgressSettings(allow=(upstream.url,), pool_size=10))
+    tool = make_tool(tmp_path, f"{upstream.url}/slow/300", timeout=5)
+    started = time.monotonic()
+    try:
+        outcomes = await _outcomes(http, [tool] * 10)
+    finally:
+        await http.aclose()
+
+    assert outcomes == [None] * 10
+    assert time.monotonic() - started < 0.3 * 3
+
+
+async def test_audit_row_tells_a_pool_timeout_from_a_backend_timeout(
+    tmp_path: Path, upstream: Upstream, dev_key: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mcp_gateway.audit.log import AuditLog
+    from mcp_gateway.config import load_settings
+    from mcp_gateway.identity import Principal
+    from mcp_gateway.server import build_gateway
+    from tests.conftest import API_KEY, ExampleApi, make_deployment
+
+    # The shipped catalogs against this upstream, which answers /customers in 0.5 s, over one connection:
+    # crm.customer_lookup (2 s) holds it while crm.search (0.3 s) waits for it; then crm.search alone times out
+    # at the backend.
+    deployment = make_deployment(tmp_path / "d", ExampleApi(upstream.url), dev_key, egress={"pool_size": 1})
+    catalog = deployment.root / "catalogs" / "internal.yaml"
+    data = yaml.safe_load(catalog.read_text())
+    for tool in data["tools"]:
+        if tool["name"] in ("crm.customer_lookup", "crm.search"):
+            tool["backend"]["timeout"] = 2 if tool["name"] == "crm.customer_lookup" else 0.3
+    catalog.write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("INVENTORY_API_KEY", API_KEY)
+    gateway = build_gateway(load_settings(deployment.config))
+    alice = Principal("alice", ("support",), "internal", (), None, "test", 2**40)
+    before = len(upstream.seen)
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(gateway.call_tool, alice, "crm.customer_lookup", {"customer_id": "c-100"}, "held")
+            with anyio.fail_after(5):
+                while not any(seen.raw_path.startswith(b"/customers/") for seen in upstream.seen[before:]):
+                    await anyio.sleep(0.01)
+            await gateway.call_tool(alice, "crm.search", {"query": "ada"}, "waited")
+        await gateway.call_tool(alice, "crm.search", {"query": "ada"}, "alone")
+    finally:
+        await gateway.aclose()
+        gateway.audit.close()
+
+    log = AuditLog(f"sqlite:///{deployment.database}")
+    rows = {row["request_id"]: row for row in log.iter_rows() if row["event"].startswith("tools/call")}
+    log.close()
+    outcomes = {rid: rows[rid]["outcome"] for rid in ("held", "waited", "alone")}
+    assert outcomes == {"held": "ok", "waited": "upstream_failed", "alone": "upstream_failed"}
+    detail = {rid: rows[rid]["detail"] for rid in ("waited", "alone")}
+    detail = {rid: value if isinstance(value, dict) else json.loads(value) for rid, value in detail.items()}
+    assert detail["waited"]["upstream"] == "pool_timeout"
+    assert detail["alone"]["upstream"] == "timeout"
+    assert detail["alone"]["pool_wait_ms"] < 100 <= detail["waited"]["pool_wait_ms"]

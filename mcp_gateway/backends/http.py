@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -24,12 +25,20 @@ from mcp_gateway.backends import Answer, BackendCall
 from mcp_gateway.catalog import HttpBackend, ToolSpec
 from mcp_gateway.config import EgressSettings
 from mcp_gateway.egress import EgressDeniedError, guarded_async_client
-from mcp_gateway.errors import GatewayError, InvalidArgumentsError, UnavailableError, UpstreamError
-from mcp_gateway.telemetry import fail_span, inject_traceparent, tracer
+from mcp_gateway.errors import (
+    GatewayError,
+    InvalidArgumentsError,
+    UnavailableError,
+    UpstreamError,
+    UpstreamPoolTimeoutError,
+    UpstreamTimeoutError,
+)
+from mcp_gateway.telemetry import POOL_TIMEOUTS, POOL_WAIT, fail_span, inject_traceparent, tracer
 
-__all__ = ["REQUEST_ID_HEADER", "HttpUpstream", "parse_answer"]
+__all__ = ["REQUEST_ID_HEADER", "HttpUpstream", "PoolProbe", "map_upstream_errors", "parse_answer"]
 
 REQUEST_ID_HEADER = "X-Request-Id"
+ATTR_POOL_WAIT = "mcp_gateway.upstream.pool_wait_ms"
 _SCALARS = (str, int, float, bool)
 _UNSAFE_SEGMENT = re.compile(r"[/\\\x00-\x1f\x7f]")
 
@@ -72,15 +81,41 @@ def _credential(backend: HttpBackend) -> str | None:
     return None
 
 
+class PoolProbe:
+    """When a request got its connection: the pool calls its ``trace`` hook (an ``httpx`` request extension) first
+    when it opens a connection for the request or starts writing on a reused one, so up to then it was waiting."""
+
+    __slots__ = ("connected", "started")
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.connected: float | None = None
+
+    async def __call__(self, event: str, info: Mapping[str, Any]) -> None:
+        if self.connected is None:
+            self.connected = time.perf_counter()
+            POOL_WAIT.record(self.connected - self.started)
+
+    def waited(self) -> float:
+        return (self.connected or time.perf_counter()) - self.started
+
+
 @contextmanager
-def map_upstream_errors(tool: str) -> Iterator[None]:
-    """Translate transport failures into ``UpstreamError`` at this one edge."""
+def map_upstream_errors(tool: str, probe: PoolProbe | None = None) -> Iterator[None]:
+    """Translate transport failures into ``UpstreamError`` at this one edge; a timeout is told apart by whether the
+    request had its connection (``probe``) or was still waiting for one."""
     try:
         yield
     except EgressDeniedError as exc:
         raise UpstreamError(f"{tool}: {exc}") from exc
     except (httpx.TimeoutException, TimeoutError) as exc:
-        raise UpstreamError(f"{tool}: upstream timed out ({type(exc).__name__})") from exc
+        waited = probe.waited() if probe is not None else 0.0
+        if isinstance(exc, httpx.PoolTimeout) or (probe is not None and probe.connected is None):
+            POOL_TIMEOUTS.add(1)
+            message = f"{tool}: no connection to the backend was free within the deadline ({waited:.3f} s waited)"
+            raise UpstreamPoolTimeoutError(message, waited=waited) from exc
+        message = f"{tool}: upstream timed out ({type(exc).__name__}; {waited:.3f} s of it waiting for a connection)"
+        raise UpstreamTimeoutError(message, waited=waited) from exc
     except httpx.HTTPError as exc:
         raise UpstreamError(f"{tool}: {type(exc).__name__}: {exc}") from exc
 
@@ -152,10 +187,14 @@ class HttpUpstream:
     async def _send(self, tool: ToolSpec, request: httpx.Request, span: Span) -> types.CallToolResult:
         backend = _http_backend(tool)
         body = bytearray()
-        with map_upstream_errors(tool.name):
+        probe = PoolProbe()
+        request.extensions["trace"] = probe
+        with map_upstream_errors(tool.name, probe):
             # A total deadline: httpx's timeouts are per operation, so a server dripping bytes could hold the call.
+            # It includes any wait for a free connection (egress.pool_size), which the probe tells apart.
             with anyio.fail_after(backend.timeout):
                 response = await self._client.send(request, stream=True)
+                span.set_attribute(ATTR_POOL_WAIT, round(probe.waited() * 1000, 3))
                 try:
                     encoding = response.headers.get("content-encoding", "identity").strip().lower()
                     if encoding != "identity":

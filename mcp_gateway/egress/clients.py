@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from http.cookiejar import Cookie, CookieJar
 from types import ModuleType
 from typing import Any, NoReturn
 
@@ -326,27 +327,43 @@ def _async_guard(
 # -- the clients -----------------------------------------------------------------------------------------------
 
 
+class _NoCookies(CookieJar):
+    """A cookie jar that keeps nothing. One client serves every caller, so a cookie a backend set on one call
+    would ride along on the next call to it, whoever makes it: no state carries from one call to the next."""
+
+    def set_cookie(self, cookie: Cookie) -> None:
+        return  # every way into a jar (a Set-Cookie answer, httpx's Cookies.set) ends here
+
+
 def guarded_async_client(
-    egress: EgressSettings, *, max_connections: int = 100, resolver: Resolver | None = None
+    egress: EgressSettings, *, max_connections: int | None = None, resolver: Resolver | None = None
 ) -> httpx.AsyncClient:
-    """An ``httpx.AsyncClient`` that can only reach the allowlist (REST tools). Build it once and reuse it."""
-    transport = _GuardedTransport(_async_guard(_HTTPX, egress, max_connections, resolver, None))
-    return httpx.AsyncClient(transport=transport, trust_env=False, follow_redirects=False, timeout=10.0)
+    """An ``httpx.AsyncClient`` that can only reach the allowlist and keeps no cookies (REST tools); its pool holds
+    ``max_connections`` (default ``egress.pool_size``). Build it once and reuse it."""
+    size = egress.pool_size if max_connections is None else max_connections
+    transport = _GuardedTransport(_async_guard(_HTTPX, egress, size, resolver, None))
+    return httpx.AsyncClient(
+        transport=transport, trust_env=False, follow_redirects=False, timeout=10.0, cookies=_NoCookies()
+    )
 
 
 def guarded_httpx2_client(
     egress: EgressSettings,
     *,
-    max_connections: int = 100,
+    max_connections: int | None = None,
     resolver: Resolver | None = None,
     headers: frozenset[str] | None = MODEL_HEADERS,
 ) -> httpx2.AsyncClient:
-    """An ``httpx2.AsyncClient`` that can only reach the allowlist, sending only ``headers`` (None: all).
+    """An ``httpx2.AsyncClient`` that can only reach the allowlist, sending only ``headers`` (None: all) and keeping
+    no cookies; its pool holds ``max_connections`` (default ``egress.pool_size``).
 
     This is the client handed to the OpenAI client. Build it once and reuse it.
     """
-    transport = _GuardedTransport2(_async_guard(_HTTPX2, egress, max_connections, resolver, headers))
-    return httpx2.AsyncClient(transport=transport, trust_env=False, follow_redirects=False, timeout=10.0)
+    size = egress.pool_size if max_connections is None else max_connections
+    transport = _GuardedTransport2(_async_guard(_HTTPX2, egress, size, resolver, headers))
+    return httpx2.AsyncClient(
+        transport=transport, trust_env=False, follow_redirects=False, timeout=10.0, cookies=_NoCookies()
+    )
 
 
 # httpcore's own pool defaults: ten connections, idle ones kept until the server closes them.
@@ -360,4 +377,6 @@ def guarded_client(
     backend = _SyncPinnedBackend(_HTTPX, AddressPinner(egress, sync_resolver=resolver), httpcore.SyncBackend())
     pool = _HTTPX.pool(_BLOCKING_LIMITS, backend, blocking=True)
     transport = _SyncGuardedTransport(_Guard(_HTTPX, egress, pool, None))
-    return httpx.Client(transport=transport, trust_env=False, follow_redirects=False, timeout=timeout)
+    return httpx.Client(
+        transport=transport, trust_env=False, follow_redirects=False, timeout=timeout, cookies=_NoCookies()
+    )

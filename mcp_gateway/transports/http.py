@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -16,8 +15,6 @@ import anyio.to_thread
 from mcp.server.auth.middleware.auth_context import AuthContextMiddleware, get_access_token
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, BearerAuthBackend, RequireAuthMiddleware
 from mcp.server.auth.routes import build_resource_metadata_url
-from mcp.server.lowlevel import Server
-from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE, TransportSecuritySettings
 from pydantic import AnyHttpUrl
@@ -38,6 +35,7 @@ from mcp_gateway.gateway import Gateway
 from mcp_gateway.identity import JwtVerifier, Principal, principal_from
 from mcp_gateway.transports.background import checkpointing, reloading
 from mcp_gateway.transports.handlers import build_server
+from mcp_gateway.transports.sse import SseSessions
 from mcp_gateway.transports.wire import ProtocolVersionGuard, StrictJsonGuard
 
 __all__ = ["OriginGuard", "build_app", "http_principal"]
@@ -131,23 +129,6 @@ def _browser_origin(url: str) -> str:
     return f"{scheme}://{host}" if port == ("443" if scheme == "https" else "80") else f"{scheme}://{host}:{port}"
 
 
-class _SseEndpoint:
-    """GET /sse: one SSE connection served by the MCP server loop."""
-
-    def __init__(self, server: Server[Any], transport: SseServerTransport) -> None:
-        self.server = server
-        self.transport = transport
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async with contextlib.AsyncExitStack() as stack:
-            try:
-                streams = await stack.enter_async_context(self.transport.connect_sse(scope, receive, send))
-            except ValueError:
-                return  # the SDK already answered 403/421 for a bad Host or Origin
-            read_stream, write_stream = streams
-            await self.server.run(read_stream, write_stream, self.server.create_initialization_options())
-
-
 def _strict(app: ASGIApp) -> ASGIApp:
     """Message bodies checked before the SDK parses them (``wire``), within the SDK's own body size limit."""
     return StrictJsonGuard(app, DEFAULT_MAX_REQUEST_BODY_SIZE)
@@ -177,7 +158,7 @@ def build_app(
     server = build_server(gateway, http_principal)
     security, origins = _security(settings)
     manager = StreamableHTTPSessionManager(app=server, security_settings=security)
-    sse = SseServerTransport("/messages/", security_settings=security)
+    sse = SseSessions(server, security, settings.http.max_queued_messages)
     # identity.audience is validated as a normalised http(s) URL: the resource tokens are issued for.
     resource = settings.identity.audience
     metadata_url = build_resource_metadata_url(AnyHttpUrl(resource))
@@ -218,8 +199,8 @@ def build_app(
 
     routes: list[Route | Mount] = [
         Route("/mcp", endpoint=guard(ProtocolVersionGuard(_strict(StreamableHTTPASGIApp(manager))))),
-        Route("/sse", endpoint=guard(_SseEndpoint(server, sse)), methods=["GET"]),
-        Mount("/messages/", app=guard(_strict(sse.handle_post_message))),
+        Route("/sse", endpoint=guard(sse.stream), methods=["GET"]),
+        Mount("/messages/", app=guard(_strict(sse.messages))),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route(urlsplit(str(metadata_url)).path, protected_resource_metadata, methods=["GET", "OPTIONS"]),
