@@ -115,6 +115,8 @@ async def echo(request: Request) -> Response:
 
 
 async def seen_requests(request: Request) -> Response:
+    if request.method == "DELETE":  # a test starts from an empty record (it keeps only the last 200)
+        seen.clear()
     return JSONResponse(seen)
 
 
@@ -131,7 +133,7 @@ app = Starlette(
         Route("/products", products),
         Route("/hr/salaries/{employee_id}", salary),
         Route("/echo/{rest:path}", echo),
-        Route("/_seen", seen_requests),
+        Route("/_seen", seen_requests, methods=["GET", "DELETE"]),
         Route("/health", health),
     ]
 )

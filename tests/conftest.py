@@ -67,6 +67,17 @@ class ExampleApi:
     def seen(self) -> list[dict[str, Any]]:
         return list(httpx.get(f"{self.url}/_seen", trust_env=False).json())
 
+    def forget(self) -> None:
+        httpx.delete(f"{self.url}/_seen", trust_env=False).raise_for_status()
+
+
+@pytest.fixture(autouse=True)
+def _example_api_starts_empty(request: pytest.FixtureRequest) -> None:
+    # The API keeps only its last 200 requests, and it serves the whole session: without a fresh start, a test
+    # counting the requests it caused sees none once earlier tests have filled the record.
+    if "example_api" in request.fixturenames:
+        request.getfixturevalue("example_api").forget()
+
 
 @pytest.fixture(scope="session")
 def example_api() -> Iterator[ExampleApi]:
