@@ -26,6 +26,7 @@ from contextlib import suppress
 from dataclasses import replace
 from typing import Any
 
+import anyio
 import mcp_types as types
 
 from mcp_gateway import limits
@@ -196,7 +197,11 @@ class Gateway:
         except GatewayError as exc:
             return await self._refuse(call, exc)
         except Exception as exc:  # record the outcome, then re-raise to the transport's handler
-            await self._record_failure(call, exc)
+            await self._record_failure(call, exc, "internal_error")
+            raise
+        except anyio.get_cancelled_exc_class() as exc:  # the caller went away: its call still gets an outcome
+            with anyio.CancelScope(shield=True):
+                await self._record_failure(call, exc, "cancelled")
             raise
         call.timer.finish(span_attributes(call.entry), error_type=None, arguments=arguments)
         return result
@@ -316,14 +321,14 @@ class Gateway:
         assert isinstance(exc, CallError)  # noqa: S101 - the tree has exactly these two kinds of refusal
         return to_call_result(exc, request_id)
 
-    async def _record_failure(self, call: CallRecord, exc: Exception) -> None:
+    async def _record_failure(self, call: CallRecord, exc: BaseException, outcome: str) -> None:
         failure = replace(
             call.entry,
             event=RESULT if call.opened else CALL,
-            outcome="internal_error",
+            outcome=outcome,
             latency_ms=call.ms(),
             detail={**(call.entry.detail or {}), "error": type(exc).__name__},
         )
         with suppress(GatewayError):
             await self.audit.append(failure)
-        call.timer.finish(span_attributes(failure), error_type="internal_error")
+        call.timer.finish(span_attributes(failure), error_type=outcome)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from mcp.shared.exceptions import MCPError
 
@@ -374,3 +375,33 @@ async def test_an_allowed_call_does_not_look_for_a_grant(gateway: Gateway, monke
     monkeypatch.setattr(gateway.breakglass, "active_grant", lambda *args: pytest.fail("no lookup when allowed"))
     result = await gateway.call_tool(ALICE, "crm.search", {"query": "ada"}, "req-no-lookup")
     assert not result.is_error
+
+
+class _Hanging:
+    """A backend that never answers, and says when it has been reached."""
+
+    def __init__(self) -> None:
+        self.reached = anyio.Event()
+
+    async def call(self, tool: Any, arguments: Any, call: Any) -> Any:
+        self.reached.set()
+        await anyio.sleep_forever()
+
+    def describe(self, tool: Any) -> dict[str, Any]:
+        return {"type": "http"}
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_a_call_whose_caller_goes_away_gets_a_cancelled_outcome(gateway: Gateway) -> None:
+    backend = _Hanging()
+    gateway.backends.use("http", backend)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            group.start_soon(gateway.call_tool, ALICE, "crm.search", {"query": "ada"}, "req-gone")
+            await backend.reached.wait()
+            group.cancel_scope.cancel()
+    decision, outcome = [row for row in rows(gateway) if row["request_id"] == "req-gone"]
+    assert (decision["event"], decision["outcome"]) == ("tools/call", "started")
+    assert (outcome["event"], outcome["outcome"]) == ("tools/call.result", "cancelled")
