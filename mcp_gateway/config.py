@@ -18,7 +18,7 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, 
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from mcp_gateway.errors import ConfigError
-from mcp_gateway.fieldchecks import checked_origins, origin_of
+from mcp_gateway.fieldchecks import checked_origins, origin_in
 
 FileModelT = TypeVar("FileModelT", bound=BaseModel)
 
@@ -110,17 +110,11 @@ class EgressSettings(_Section):
         default=256, ge=1, le=100_000, description="Backend connections at once; a call past it waits in its deadline."
     )
 
-    @field_validator("allow")
-    @classmethod
-    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return checked_origins(value)
+    _origins = field_validator("allow")(checked_origins)
 
     def permits(self, url: str) -> bool:
         """True when ``url``'s origin (scheme, host, port) is on the allowlist."""
-        try:
-            return origin_of(url) in self.allow
-        except ValueError:
-            return False
+        return origin_in(url, self.allow)
 
 
 class HttpSettings(_Section):
@@ -149,10 +143,7 @@ class HttpSettings(_Section):
         default=64, ge=1, le=100_000, description="Answers an SSE session may leave unread."
     )
 
-    @field_validator("allowed_origins")
-    @classmethod
-    def _browser_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return checked_origins(value)
+    _browser_origins = field_validator("allowed_origins")(checked_origins)
 
     @property
     def base_url(self) -> str:

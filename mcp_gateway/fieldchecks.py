@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 from urllib.parse import SplitResult, urlsplit
 
-__all__ = ["absolute_http_url", "checked_origins", "origin_of", "pattern_check"]
+__all__ = ["absolute_http_url", "checked_origins", "origin_in", "origin_of", "pattern_check"]
 
 
 def pattern_check(pattern: re.Pattern[str], message: str) -> Callable[[str | None], str | None]:
@@ -61,3 +61,11 @@ def checked_origins(value: tuple[str, ...]) -> tuple[str, ...]:
         if parts.query or parts.fragment:
             raise ValueError(f"{entry!r}: an origin carries no query or fragment")
     return tuple(origin_of(entry) for entry in value)
+
+
+def origin_in(url: str, origins: frozenset[str] | tuple[str, ...]) -> bool:
+    """Whether ``url``'s origin is one of ``origins`` (normalised by :func:`origin_of`); not a URL is never in."""
+    try:
+        return origin_of(url) in origins
+    except ValueError:
+        return False

@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mcp_gateway.audit.checkpoint import Checkpointer
 from mcp_gateway.config import Settings
 from mcp_gateway.errors import UnauthenticatedError
-from mcp_gateway.fieldchecks import origin_of
+from mcp_gateway.fieldchecks import origin_in, origin_of
 from mcp_gateway.gateway import Gateway
 from mcp_gateway.identity import JwtVerifier, Principal, principal_from
 from mcp_gateway.transports.background import checkpointing, reloading
@@ -66,10 +66,7 @@ class OriginGuard:
         await self.app(scope, receive, send)
 
     def _allowed(self, origin: str) -> bool:
-        try:
-            return origin_of(origin) in self.allowed
-        except ValueError:
-            return False
+        return origin_in(origin, self.allowed)
 
 
 class _RequireBearer(RequireAuthMiddleware):

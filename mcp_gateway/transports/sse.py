@@ -90,7 +90,22 @@ class _Backlog:
             self.reader.cancel()
 
 
-class _BacklogReader(Generic[T]):
+class _Closing:
+    """``async with`` closes the stream, as anyio's streams do."""
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+class _BacklogReader(_Closing, Generic[T]):
     """The session's incoming messages, ending (as at EOF) once its backlog has closed it."""
 
     def __init__(self, inner: _Receiving[T], backlog: _Backlog) -> None:
@@ -126,16 +141,8 @@ class _BacklogReader(Generic[T]):
         except anyio.EndOfStream:
             raise StopAsyncIteration from None
 
-    async def __aenter__(self) -> Self:
-        return self
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-
-class _BacklogWriter(Generic[T]):
+class _BacklogWriter(_Closing, Generic[T]):
     """The session's outgoing messages, counted while they wait to be written; dropped once the session is closed."""
 
     def __init__(self, inner: _Sending[T], backlog: _Backlog) -> None:
@@ -156,14 +163,6 @@ class _BacklogWriter(Generic[T]):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
 
 class SseSessions:
