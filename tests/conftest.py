@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,8 +174,9 @@ class HttpGateway:
     process: subprocess.Popen[bytes]
 
 
-@pytest.fixture
-def http_gateway(deployment: Deployment) -> Iterator[HttpGateway]:
+@contextmanager
+def serving_http(deployment: Deployment) -> Iterator[HttpGateway]:
+    """The real gateway, ``mcp-gateway serve --transport streamable-http``, as its own process, until the block ends."""
     process = subprocess.Popen(
         [sys.executable, "-m", "mcp_gateway", "serve", "--transport", "streamable-http"],
         env=deployment.env(),
@@ -186,6 +188,12 @@ def http_gateway(deployment: Deployment) -> Iterator[HttpGateway]:
         yield HttpGateway(deployment, url, process)
     finally:
         stop(process)
+
+
+@pytest.fixture
+def http_gateway(deployment: Deployment) -> Iterator[HttpGateway]:
+    with serving_http(deployment) as served:
+        yield served
 
 
 Minter = Callable[..., str]

@@ -36,7 +36,7 @@ from mcp_gateway.gateway import Gateway
 from mcp_gateway.identity import Principal
 from mcp_gateway.server import build_gateway, build_verifier
 from mcp_gateway.transports.wire import refusal
-from tests.conftest import API_KEY, ISSUER, Deployment, ExampleApi, HttpGateway, stop, wait_http
+from tests.conftest import API_KEY, ISSUER, Deployment, ExampleApi, HttpGateway, serving_http
 from tests.raw_mcp import INITIALIZE, INITIALIZED, call_line, jsonrpc_body, raw_stdio, streamable_session
 
 ALICE = Principal("alice", ("support",), "internal", (), None, "test", 2**40)
@@ -308,17 +308,8 @@ def echo_gateway(deployment: Deployment, example_api: ExampleApi) -> Iterator[Ht
         }
     )
     path.write_text(yaml.safe_dump(catalog))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mcp_gateway", "serve", "--transport", "streamable-http"],
-        env=deployment.env(),
-        cwd=deployment.root,
-    )
-    url = f"http://127.0.0.1:{deployment.port}"
-    try:
-        wait_http(f"{url}/healthz", process)
-        yield HttpGateway(deployment, url, process)
-    finally:
-        stop(process)
+    with serving_http(deployment) as served:
+        yield served
 
 
 @settings(max_examples=30, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -8,8 +8,6 @@ from __future__ import annotations
 import itertools
 import sqlite3
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -24,7 +22,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 
 from mcp_gateway.audit.log import AuditLog
 from mcp_gateway.devkeys import DevKey
-from tests.conftest import Deployment, ExampleApi, make_deployment, stop, wait_http
+from tests.conftest import Deployment, ExampleApi, make_deployment, serving_http
 
 pytestmark = pytest.mark.slow
 
@@ -38,16 +36,8 @@ HEALTH_BOUND = 0.5
 @pytest.fixture
 def served(tmp_path: Any, example_api: ExampleApi, dev_key: DevKey) -> Iterator[Deployment]:
     deployment = make_deployment(tmp_path, example_api, dev_key, audit={"write_timeout": WRITE_TIMEOUT})
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mcp_gateway", "serve", "--transport", "streamable-http"],
-        env=deployment.env(),
-        cwd=deployment.root,
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{deployment.port}/healthz", process)
+    with serving_http(deployment):
         yield deployment
-    finally:
-        stop(process)
 
 
 @asynccontextmanager

@@ -16,7 +16,7 @@ from mcp_types.version import KNOWN_PROTOCOL_VERSIONS
 from mcp_gateway.config import load_settings
 from mcp_gateway.devkeys import DevKey
 from mcp_gateway.errors import ConfigError
-from tests.conftest import ISSUER, Deployment, ExampleApi, HttpGateway, make_deployment, stop, wait_http
+from tests.conftest import ISSUER, Deployment, ExampleApi, HttpGateway, make_deployment, serving_http
 from tests.raw_mcp import jsonrpc_body, streamable_session
 
 INITIALIZE = {
@@ -207,17 +207,8 @@ def inspector_gateway(tmp_path: Path, example_api: ExampleApi, dev_key: DevKey) 
     deployment = make_deployment(
         tmp_path / "inspector", example_api, dev_key, http={"allowed_origins": [INSPECTOR, f"{HTTPS_TOOL}:443"]}
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mcp_gateway", "serve", "--transport", "streamable-http"],
-        env=deployment.env(),
-        cwd=deployment.root,
-    )
-    url = f"http://127.0.0.1:{deployment.port}"
-    try:
-        wait_http(f"{url}/healthz", process)
-        yield HttpGateway(deployment, url, process)
-    finally:
-        stop(process)
+    with serving_http(deployment) as served:
+        yield served
 
 
 def preflight(gateway: HttpGateway, path: str, origin: str, method: str, headers: str = "") -> httpx.Response:

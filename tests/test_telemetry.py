@@ -6,8 +6,6 @@ argument leaves in a span; and a collector that is down or stuck never blocks a 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,7 +29,7 @@ from mcp_gateway.cli.app import app
 from mcp_gateway.config import EgressSettings
 from mcp_gateway.devkeys import DevKey
 from mcp_gateway.egress import guarded_requests_session
-from tests.conftest import Deployment, ExampleApi, free_port, make_deployment, stop, wait_http
+from tests.conftest import Deployment, ExampleApi, free_port, make_deployment, serving_http
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan, running_receiver
 from tests.test_egress import Resolver
 from tests.test_upstream import RawServer
@@ -41,17 +39,8 @@ SERVER, CLIENT = 2, 3  # OTLP SpanKind values
 
 @contextmanager
 def gateway(deployment: Deployment) -> Iterator[str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mcp_gateway", "serve", "--transport", "streamable-http"],
-        env=deployment.env(),
-        cwd=deployment.root,
-    )
-    url = f"http://127.0.0.1:{deployment.port}"
-    try:
-        wait_http(f"{url}/healthz", process)
-        yield url
-    finally:
-        stop(process)
+    with serving_http(deployment) as served:
+        yield served.url
 
 
 async def calls(url: str, token: str, count: int = 1, denied: int = 0) -> None:

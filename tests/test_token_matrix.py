@@ -10,7 +10,6 @@ import base64
 import hashlib
 import hmac
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +30,7 @@ from mcp_gateway.devkeys import DevKey
 from mcp_gateway.errors import UNAUTHENTICATED, UnauthenticatedError
 from mcp_gateway.jose import REASONS as REASON_CLASSES
 from mcp_gateway.server import build_verifier
-from tests.conftest import ISSUER, Deployment, ExampleApi, make_deployment, stop, wait_http
+from tests.conftest import ISSUER, Deployment, ExampleApi, make_deployment, serving_http
 from tests.raw_mcp import raw_stdio
 
 INITIALIZE = {
@@ -126,16 +125,8 @@ CASES: dict[str, Forge] = {
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory, example_api: ExampleApi, dev_key: DevKey) -> Iterator[Deployment]:
     deployment = make_deployment(tmp_path_factory.mktemp("matrix"), example_api, dev_key)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mcp_gateway", "serve", "--transport", "streamable-http"],
-        env=deployment.env(),
-        cwd=deployment.root,
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{deployment.port}/healthz", process)
+    with serving_http(deployment):
         yield deployment
-    finally:
-        stop(process)
 
 
 def _post(deployment: Deployment, token: str) -> httpx.Response:
