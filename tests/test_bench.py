@@ -83,3 +83,13 @@ def test_a_stdio_server_that_dies_at_start_fails_the_opener_instead_of_hanging(t
         isinstance(error, BaseExceptionGroup) and error.subgroup(TimeoutError) is not None
     )
     assert not hung
+
+
+def test_dlp_scaling_bench_measures_every_hostile_shape() -> None:
+    # Whether the cost is linear is the benchmark's verdict (timing belongs there); this pins that it runs and
+    # reports each shape at both sizes.
+    from bench import dlp_scaling_bench
+
+    results = dlp_scaling_bench.run(quick=True)
+    assert set(results) == set(dlp_scaling_bench.SEEDS)
+    assert all(figures["large_s"] >= 0 and figures["ratio"] >= 0 for figures in results.values())

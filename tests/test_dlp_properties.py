@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import string
-import time
 import unicodedata
 from typing import Any
 from urllib.parse import quote
@@ -280,31 +279,3 @@ def test_findings_hold_rule_path_and_encoding_only(index: int) -> None:
     for finding in scan_text(base64.b64encode(SECRETS[index].encode()).decode() + " " + SECRETS[index], "p"):
         assert set(finding.as_record()) <= {"rule", "path", "encoding"}
         assert SECRETS[index] not in repr(finding)
-
-
-def test_hostile_inputs_cost_linear_time() -> None:
-    """Shapes built to maximise work: nested encodings, many runs, long digit chains, escapes everywhere."""
-    seeds = {
-        "digit chain": "1 " * 4096,
-        "base64 runs": "QUFBQUFBQUFBQUFB " * 512,
-        "hex runs": "34313131313131313131313131313131 " * 256,
-        "percent": "%34%31" * 1024,
-        "escapes": "\\u0034\\t" * 1024,
-        "nested": base64.b64encode(base64.b64encode(b"%34%31 " * 512)).decode(),
-        "pem headers": "-----BEGIN A A A A PRIVATE KEY " * 256,
-        "mixed": "4%31\\u0031 1_" * 1024,
-        "iban shapes and phones": "AB12 3456 7890 1234 5 x (555) 123 4567 " * 128,
-        "addresses and runs": "a@b.cc QUFBQUFBQUFBQUFB " * 256,
-    }
-    for name, seed in seeds.items():
-        small, large = seed * 2, seed * 8
-        started = time.process_time()
-        scan_text(small)
-        redact(small)
-        middle = time.process_time()
-        scan_text(large)
-        redact(large)
-        ended = time.process_time()
-        # Four times the input may cost at most about four times the work (generously: twelve), never sixteen.
-        assert ended - middle < max(12 * (middle - started), 0.05), name
-        assert ended - middle < 5, name
