@@ -19,7 +19,7 @@ def main() -> None:
         if not info.name.rsplit(".", 1)[-1].startswith("_")
     )
     current = {name: sorted(importlib.import_module(f"mcp_gateway.{name}").__all__) for name in names}
-    PIN.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    PIN.write_text(json.dumps(current, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
