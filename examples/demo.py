@@ -1,18 +1,23 @@
 """`make demo`: the governed gateway end to end on embedded defaults, then everything stops.
 
-1. starts the example in-boundary REST API (examples/inventory_api.py) on 127.0.0.1:8081
-2. starts the gateway over HTTP on 127.0.0.1:8080 with mcp-gateway.yaml (SQLite, example catalogs/policies)
+1. starts the example in-boundary REST API (examples/inventory_api.py) on 127.0.0.1:8081, and the local model
+   engine (llama.cpp's server with Gemma 3 270M, from the `models` extra) on 127.0.0.1:8082 (demo_models.py)
+2. starts the gateway over HTTP on 127.0.0.1:8080 with mcp-gateway.yaml (SQLite, example catalogs/policies,
+   plus one approved model and one model tool in the demo's copy of the catalogs)
 3. mints a short-lived internal token and a partner token with a dev key generated at first run
 4. runs the example agent with each and prints, side by side, what each sees and gets
-5. prints the audit rows those calls produced
-6. makes a policy change from the CLI (on a copy of policies/ under .mcp-gateway/), which is audited too
-7. ends with the tabletop: `mcp-gateway audit trace TRACE_ID` for alice's call and `audit trace --change ID`
+5. makes model tool calls: one streamed as progress, one whose audit row carries the token usage, and one after
+   the engine is stopped, answered `unavailable` (skipped, saying why, if the engine cannot start)
+6. prints the audit rows those calls produced
+7. makes a policy change from the CLI (on a copy of policies/ under .mcp-gateway/), which is audited too
+8. ends with the tabletop: `mcp-gateway audit trace TRACE_ID` for alice's call and `audit trace --change ID`
    for the policy change, both told from the audit trail alone
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import secrets
@@ -30,6 +35,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import demo_models
 from agent import AgentReport, run_agent
 
 from mcp_gateway.audit.log import AuditLog
@@ -91,6 +97,7 @@ def main() -> None:
         "MCP_GATEWAY_POLICIES_DIR": str(policies),
     }
     processes: list[subprocess.Popen[bytes]] = []
+    engine = demo_models.prepare(console, settings.state_dir, settings.catalogs_dir, policies, env)
     try:
         api = subprocess.Popen([sys.executable, str(ROOT / "examples" / "inventory_api.py"), "--port", "8081"], env=env)
         processes.append(api)
@@ -118,9 +125,14 @@ def main() -> None:
                 expand=True,
             )
         )
+        if engine is not None:
+            asyncio.run(demo_models.show(console, engine, url, internal, lambda *args: _cli(env, *args)))
+            _print_usage(settings.database_url, started)
         _print_audit(settings.database_url, started)
         _tabletop(settings.database_url, started, env)
     finally:
+        if engine is not None:
+            engine.stop()
         for process in reversed(processes):
             process.terminate()
         for process in processes:
@@ -159,6 +171,33 @@ def _print_audit(database_url: str, since: float) -> None:
         "[dim]each row carries the hash of the one before; `mcp-gateway audit export --format jsonl` "
         "streams them in full (subject, roles, rule text, argument digest, request id)[/]"
     )
+
+
+def _print_usage(database_url: str, since: float) -> None:
+    log = AuditLog(database_url)
+    cutoff = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(since))
+    table = Table("#", "outcome", "served by", "model id", "streamed", "usage", title="model calls in the audit trail")
+    for row in log.iter_rows(since=cutoff):
+        if row["event"] != "tools/call.result" or row["tool"] != demo_models.TOOL:
+            continue
+        detail = row["detail"] if isinstance(row["detail"], dict) else json.loads(row["detail"] or "{}")
+        usage = detail.get("usage") or {}
+        table.add_row(
+            str(row["id"]),
+            row["outcome"],
+            str(detail.get("served_by", "")),
+            str(detail.get("served_model", "")),
+            str(detail.get("streamed", "")),
+            _usage(usage)
+            if detail.get("streamed") is False
+            else "(a streamed answer reports none)" * bool(usage == {} and detail.get("streamed")),
+        )
+    log.close()
+    console.print(table)
+
+
+def _usage(usage: dict[str, int]) -> str:
+    return f"{usage.get('prompt_tokens')} in + {usage.get('completion_tokens')} out = {usage.get('total_tokens')}"
 
 
 def _cli(env: dict[str, str], *args: str) -> str:
