@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 from rich.columns import Columns
@@ -181,22 +182,23 @@ def _print_usage(database_url: str, since: float) -> None:
         if row["event"] != "tools/call.result" or row["tool"] != demo_models.TOOL:
             continue
         detail = row["detail"] if isinstance(row["detail"], dict) else json.loads(row["detail"] or "{}")
-        usage = detail.get("usage") or {}
         table.add_row(
             str(row["id"]),
             row["outcome"],
             str(detail.get("served_by", "")),
             str(detail.get("served_model", "")),
             str(detail.get("streamed", "")),
-            _usage(usage)
-            if detail.get("streamed") is False
-            else "(a streamed answer reports none)" * bool(usage == {} and detail.get("streamed")),
+            _usage(detail),
         )
     log.close()
     console.print(table)
 
 
-def _usage(usage: dict[str, int]) -> str:
+def _usage(detail: dict[str, Any]) -> str:
+    usage = detail.get("usage")
+    if not usage:
+        # llama.cpp's server sends no usage on a streamed answer; a refused or failed call has none either.
+        return "(the engine streamed, without usage)" if detail.get("streamed") else ""
     return f"{usage.get('prompt_tokens')} in + {usage.get('completion_tokens')} out = {usage.get('total_tokens')}"
 
 
