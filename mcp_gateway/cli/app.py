@@ -12,6 +12,7 @@ import typer
 from mcp_gateway.cli.audit import audit_app
 from mcp_gateway.cli.breakglass import approval_app, breakglass_app
 from mcp_gateway.cli.common import ErrorMappingGroup
+from mcp_gateway.cli.init import init
 from mcp_gateway.cli.models import models_app
 from mcp_gateway.cli.policy import policy_app
 from mcp_gateway.cli.serve import config_app, serve, token_app
@@ -22,6 +23,7 @@ app = typer.Typer(
     cls=ErrorMappingGroup, help="A governed MCP gateway.", no_args_is_help=True, pretty_exceptions_enable=False
 )
 app.command()(serve)
+app.command()(init)
 app.add_typer(config_app, name="config")
 app.add_typer(token_app, name="token")
 app.add_typer(policy_app, name="policy")
