@@ -47,9 +47,13 @@ class _Section(BaseModel):
 
 
 class IdentitySettings(_Section):
+    """Who callers are: the IdP whose tokens the gateway accepts, and the limits on those tokens."""
+
     issuer: str = Field(min_length=1, description="Exact `iss` every token must carry.")
     audience: str = Field(min_length=1, description="This gateway's resource URI; exact `aud` every token must carry.")
-    jwks_file: Path | None = None
+    jwks_file: Path | None = Field(
+        default=None, description="The IdP's public keys as a JWKS file (one of jwks_file, jwks_url)."
+    )
     jwks_url: str | None = Field(default=None, description="Must be on `egress.allow`.")
     algorithms: tuple[str, ...] = Field(
         default=("RS256", "ES256", "EdDSA"),
@@ -57,7 +61,9 @@ class IdentitySettings(_Section):
     )
     max_token_lifetime: int = Field(default=3600, gt=0, le=86_400, description="Seconds between `iat`/`nbf` and `exp`.")
     leeway: int = Field(default=30, ge=0, le=60, description="Clock skew tolerated on `exp`/`nbf`/`iat`, seconds.")
-    max_token_bytes: int = Field(default=8192, ge=512, le=65_536)
+    max_token_bytes: int = Field(
+        default=8192, ge=512, le=65_536, description="Security: larger tokens are refused before they are parsed."
+    )
 
     @field_validator("audience")
     @classmethod
@@ -102,6 +108,8 @@ class IdentitySettings(_Section):
 
 
 class EgressSettings(_Section):
+    """Where the gateway may connect: nothing outside this allowlist, ever."""
+
     allow: tuple[str, ...] = Field(
         default=(),
         description="Origins (scheme://host:port) the gateway may connect to. Everything else is refused.",
@@ -118,8 +126,10 @@ class EgressSettings(_Section):
 
 
 class HttpSettings(_Section):
-    host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=0, le=65_535)
+    """The HTTP transports (streamable HTTP at /mcp, SSE at /sse) and their bounds on slow or greedy clients."""
+
+    host: str = Field(default="127.0.0.1", description="Where the HTTP transports listen.")
+    port: int = Field(default=8080, ge=0, le=65_535, description="The HTTP transports' port (0: any free port).")
     public_url: str | None = Field(
         default=None, description="Externally visible base URL; defaults to http://host:port. Used in 401 metadata."
     )
@@ -151,6 +161,8 @@ class HttpSettings(_Section):
 
 
 class AuditSettings(_Section):
+    """The hash-chained audit trail: how durable a record is, and its signed checkpoints."""
+
     durability: Literal["process", "power"] = Field(
         default="process",
         description="process: a record survives the gateway being killed (SQLite synchronous=NORMAL); "
@@ -178,12 +190,14 @@ class AuditSettings(_Section):
 
 
 class TelemetrySettings(_Section):
+    """OpenTelemetry spans, sent only to an in-boundary collector."""
+
     otlp_endpoint: str | None = Field(
         default=None,
         description="OTLP/HTTP base URL of an in-boundary collector (http://host:4318); must be on egress.allow. "
         "Unset: spans and metrics are not recorded, but every call still gets a trace id (audit rows, traceparent).",
     )
-    service_name: str = "mcp-gateway"
+    service_name: str = Field(default="mcp-gateway", description="The OpenTelemetry service.name of spans.")
     detail: Literal["calls", "stages"] = Field(
         default="calls", description="stages adds one span per pipeline stage (debugging; costs ~30 µs each)."
     )
@@ -193,12 +207,14 @@ class TelemetrySettings(_Section):
     max_queue_size: int = Field(
         default=2048, ge=1, le=1_000_000, description="Spans held for export; more are dropped."
     )
-    export_timeout: float = Field(default=5.0, gt=0, le=60)
+    export_timeout: float = Field(default=5.0, gt=0, le=60, description="Seconds one span export may take.")
     schedule_delay: float = Field(default=1.0, gt=0, le=60, description="Seconds between span exports.")
     metric_interval: float = Field(default=15.0, gt=0, description="Seconds between metric exports.")
 
 
 class BreakGlassSettings(_Section):
+    """Time-bound emergency access and held calls, approved by a second person."""
+
     mfa_methods: tuple[str, ...] = Field(
         default=("mfa", "otp", "hwk", "sc"),
         description="Security: `amr` values (RFC 8176) that prove a second factor; a request or approval needs one.",
@@ -219,12 +235,17 @@ class Settings(BaseSettings):
     egress: EgressSettings = EgressSettings()
     http: HttpSettings = HttpSettings()
     state_dir: Path = Field(default=Path(".mcp-gateway"), description="Runtime state: dev keys, SQLite trail.")
-    catalogs_dir: Path = Path("catalogs")
-    policies_dir: Path = Path("policies")
-    database_url: str = "sqlite:///.mcp-gateway/audit.db"
+    catalogs_dir: Path = Field(default=Path("catalogs"), description="One YAML file per catalog, and models.yaml.")
+    policies_dir: Path = Field(default=Path("policies"), description="model.conf and the CSV policy files.")
+    database_url: str = Field(
+        default="sqlite:///.mcp-gateway/audit.db",
+        description="The audit trail; postgresql+psycopg://... when several replicas share it.",
+    )
     policy_reload_interval: float = Field(default=2.0, gt=0, description="Seconds between policy/catalog checks.")
-    max_argument_bytes: int = Field(default=65_536, ge=256, le=16 * 1024 * 1024)
-    max_argument_depth: int = Field(default=32, ge=2, le=256)
+    max_argument_bytes: int = Field(
+        default=65_536, ge=256, le=16 * 1024 * 1024, description="Larger arguments are refused before any backend work."
+    )
+    max_argument_depth: int = Field(default=32, ge=2, le=256, description="Deeper nesting of arguments is refused.")
     audit: AuditSettings = AuditSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     breakglass: BreakGlassSettings = BreakGlassSettings()

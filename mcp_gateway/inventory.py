@@ -32,6 +32,7 @@ __all__ = [
     "INVENTORY_FILE",
     "BreakerSettings",
     "Inventory",
+    "InventoryFile",
     "ModelEntry",
     "WeightsCheck",
     "entry_digest",
@@ -64,15 +65,15 @@ class BreakerSettings(_FileModel):
 class ModelEntry(_FileModel):
     """One approved (or withdrawn) model and the engine that serves it."""
 
-    name: str
-    provider: Literal["vllm", "ollama", "llamacpp", "openai-compatible"]
+    name: str = Field(description="The name tools use (`backend.model`).")
+    provider: Literal["vllm", "ollama", "llamacpp", "openai-compatible"] = Field(description="The kind of engine.")
     base_url: str = Field(description="The engine's OpenAI-compatible API root, e.g. http://vllm.internal:8000/v1.")
     served_model: str = Field(min_length=1, max_length=512, description="The model id the engine knows.")
-    version: str = Field(min_length=1, max_length=128)
-    owner: str = Field(min_length=1, max_length=128)
+    version: str = Field(min_length=1, max_length=128, description="The approved version, as the owner names it.")
+    owner: str = Field(min_length=1, max_length=128, description="Who answers for the model.")
     sha256: str | None = Field(default=None, description="SHA-256 of the weights file, lower-case hex.")
     weights: Path | None = Field(default=None, description="The weights file, relative to artifacts_dir.")
-    approved: bool = False
+    approved: bool = Field(default=False, description="Only approved entries may answer calls.")
     catalogs: tuple[str, ...] = Field(default=(), description="Catalogs whose tools may use this model.")
     max_tokens: int = Field(default=512, ge=1, le=131_072, description="Cap on generated tokens per call.")
     timeout: float = Field(default=30.0, gt=0, le=600, description="Total seconds per call, streaming included.")
@@ -103,9 +104,9 @@ class ModelEntry(_FileModel):
 
 
 class _InventoryFile(_FileModel):
-    artifacts_dir: Path | None = None
-    breaker: BreakerSettings = BreakerSettings()
-    models: list[ModelEntry]
+    artifacts_dir: Path | None = Field(default=None, description="Where `models import` places weights.")
+    breaker: BreakerSettings = Field(default=BreakerSettings(), description="When an engine counts as down.")
+    models: list[ModelEntry] = Field(description="The inventory's entries.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,3 +280,7 @@ def import_weights(
         Path(temporary).unlink(missing_ok=True)
         raise
     return destination
+
+
+# The file format, public for the generated reference (docs/models-reference.md); loading stays load_inventory.
+InventoryFile = _InventoryFile

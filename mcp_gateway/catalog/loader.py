@@ -33,6 +33,7 @@ __all__ = [
     "PARTNER_CATALOGS",
     "RESERVED_FILES",
     "TOOL_NAME",
+    "CatalogFile",
     "CatalogSet",
     "ToolSpec",
     "catalog_fingerprint",
@@ -57,12 +58,16 @@ PARTNER_CATALOGS = frozenset({"partner"})
 
 
 class _ToolModel(SpecModel):
-    name: str
-    title: str | None = None
-    description: str = Field(min_length=1)
-    input_schema: dict[str, Any]
-    annotations: types.ToolAnnotations | None = None
-    backend: Annotated[HttpBackend | ModelBackend, Field(discriminator="type")]
+    name: str = Field(description="The tool's name as callers see it and policy names it, e.g. crm.customer_lookup.")
+    title: str | None = Field(default=None, description="A human-readable title.")
+    description: str = Field(min_length=1, description="What the tool does, as the agent reads it.")
+    input_schema: dict[str, Any] = Field(
+        description='A JSON Schema (2020-12) with "type": "object"; every call is validated.'
+    )
+    annotations: types.ToolAnnotations | None = Field(default=None, description="MCP tool annotations (hints).")
+    backend: Annotated[HttpBackend | ModelBackend, Field(discriminator="type")] = Field(
+        description="Where an allowed call goes: `type: http` or `type: model`."
+    )
     rate_limit: str | None = Field(default=None, description="Per subject, e.g. 60/minute; overrides the catalog's.")
     dlp: Action | None = Field(default=None, description="block, redact or flag; overrides the catalog's.")
     approval: Literal["required", "none"] = Field(
@@ -130,7 +135,7 @@ class _ToolModel(SpecModel):
 class _CatalogFile(SpecModel):
     rate_limit: str | None = Field(default=None, description="Default per subject and tool, e.g. 60/minute.")
     dlp: Action | None = Field(default=None, description="Default DLP action; partner catalogs default to block.")
-    tools: list[_ToolModel]
+    tools: list[_ToolModel] = Field(description="The catalog's tools.")
 
     _rate = field_validator("rate_limit")(_check_rate)
 
@@ -287,3 +292,7 @@ def _model_pins(inventory: Inventory, catalog: str, backend: ModelBackend, where
     if catalog not in entry.catalogs:
         raise ConfigError(f"{where}: {backend.model!r} is not approved for catalog {catalog!r}")
     return {f"model:{item.name}": entry_digest(item) for item in inventory.chain(backend.model, catalog)}
+
+
+# The file format, public for the generated reference (docs/catalogs-reference.md); loading stays load_catalogs.
+CatalogFile = _CatalogFile

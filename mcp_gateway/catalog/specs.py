@@ -55,8 +55,8 @@ class SpecModel(BaseModel):
 class HttpBackend(SpecModel):
     """A templated request to an in-boundary REST API, made with server-side credentials only."""
 
-    type: Literal["http"]
-    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "GET"
+    type: Literal["http"] = Field(description="A REST request to an in-boundary API.")
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = Field(default="GET", description="The HTTP method.")
     url: str = Field(
         description="Path placeholders {arg} are filled with the argument, percent-encoded as one segment."
     )
@@ -65,10 +65,12 @@ class HttpBackend(SpecModel):
     headers: dict[str, str] = Field(default_factory=dict, description="Static headers; never filled from arguments.")
     credential_env: str | None = Field(default=None, description="Environment variable holding the backend secret.")
     credential_file: Path | None = Field(default=None, description="File holding the backend secret.")
-    credential_header: str = "Authorization"
-    credential_scheme: str = "Bearer"
-    timeout: float = Field(default=10.0, gt=0, le=300)
-    max_response_bytes: int = Field(default=1_048_576, gt=0, le=64 * 1_048_576)
+    credential_header: str = Field(default="Authorization", description="The header that carries the secret.")
+    credential_scheme: str = Field(default="Bearer", description="Written before the secret; empty for none.")
+    timeout: float = Field(default=10.0, gt=0, le=300, description="Seconds for the whole request.")
+    max_response_bytes: int = Field(
+        default=1_048_576, gt=0, le=64 * 1_048_576, description="A larger answer is refused, not truncated."
+    )
 
     @field_validator("url")
     @classmethod
@@ -123,10 +125,12 @@ MODEL_PARAMETERS = frozenset(
 class ModelBackend(SpecModel):
     """A call to an approved model from ``models.yaml``, by inventory name."""
 
-    type: Literal["model"]
+    type: Literal["model"] = Field(description="A call to an approved model.")
     model: str = Field(min_length=1, description="An entry's name in models.yaml.")
-    operation: Literal["chat", "completion", "embeddings"] = "chat"
-    system_prompt: str | None = Field(default=None, max_length=65_536)
+    operation: Literal["chat", "completion", "embeddings"] = Field(
+        default="chat", description="The OpenAI API the call uses."
+    )
+    system_prompt: str | None = Field(default=None, max_length=65_536, description="Chat only: the system message.")
     prompt: str = Field(
         min_length=1, max_length=65_536, description="Template; {arg} is replaced by the tool argument `arg`."
     )

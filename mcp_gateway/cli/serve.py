@@ -70,6 +70,25 @@ def config_check(config: ConfigOption = None) -> None:
     out.print("[green]configuration OK[/]")
 
 
+class ReferenceName(StrEnum):
+    config = "config"
+    catalog = "catalog"
+    inventory = "inventory"
+
+
+@config_app.command("reference")
+def config_reference(
+    what: Annotated[
+        ReferenceName, typer.Argument(help="config (mcp-gateway.yaml), catalog (catalogs/*.yaml) or inventory.")
+    ] = ReferenceName.config,
+) -> None:
+    """Print the reference of a file format (every key, type, default and meaning) as Markdown."""
+    from mcp_gateway.reference import REFERENCES, render
+
+    reference = next(item for item in REFERENCES if item.name == what.value)
+    typer.echo(render(reference), nl=False)
+
+
 def _warn_about_allowlist(settings: Settings) -> None:
     """Warn about allowlist entries naming an address the guard refuses when a name resolves to it (link-local,
     metadata, unspecified...): written as a literal, such an entry is connected to as written."""
