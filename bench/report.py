@@ -1,4 +1,6 @@
-"""Tables for the terminal (``rich``) and for the README (``python -m bench.report [results.json]`` prints Markdown).
+"""Tables for the terminal (``rich``) and for docs/performance.md (``python -m bench.report [results.json]``).
+
+The Markdown form is what docs/performance.md keeps.
 
 Each row names its target and whether this run met it.
 """
@@ -187,7 +189,7 @@ def render(name: str, result: dict[str, Any], console: Console) -> None:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    """The README's results section: machine, versions, date, then one table per benchmark."""
+    """The results section of docs/performance.md: machine, versions, date, then one table per benchmark."""
     info = results["machine"]
     versions = ", ".join(f"{name} {version}" for name, version in info["versions"].items())
     lines = [

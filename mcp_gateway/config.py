@@ -115,7 +115,12 @@ class EgressSettings(_Section):
         description="Origins (scheme://host:port) the gateway may connect to. Everything else is refused.",
     )
     pool_size: int = Field(
-        default=256, ge=1, le=100_000, description="Backend connections at once; a call past it waits in its deadline."
+        default=256,
+        ge=1,
+        le=100_000,
+        description="Connections open to backends at once (REST tools, model endpoints); a call past it waits inside "
+        "its deadline, and its audit row says upstream: pool_timeout if the deadline passes while it "
+        "waits.",
     )
 
     _origins = field_validator("allow")(checked_origins)
@@ -141,16 +146,42 @@ class HttpSettings(_Section):
     authorization_servers: tuple[str, ...] = Field(
         default=(), description="Advertised in RFC 9728 metadata; defaults to identity.issuer."
     )
-    # Slow and greedy clients (transports/guards.py, transports/sse.py; README lists the defaults). Each bound drops
-    # the connection or session past it; none limits an answer being produced, or a stream the client reads.
-    header_timeout: float = Field(default=10.0, gt=0, le=300, description="Seconds to send a request's headers.")
-    body_timeout: float = Field(default=30.0, gt=0, le=3600, description="Seconds from the headers to the body's end.")
-    send_timeout: float = Field(default=30.0, gt=0, le=3600, description="Seconds output may wait unread.")
+    # Slow and greedy clients (transports/guards.py, transports/sse.py; docs/configuration.md lists the defaults).
+    # Each bound drops the connection or session past it; none limits an answer being produced, or a stream the
+    # client reads.
+    header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="Seconds a connection may take to send a request's headers (from connecting, or from the "
+        "previous response); then 408 and closed.",
+    )
+    body_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Seconds from a request's headers to the end of its body, read or not; then the connection is "
+        "dropped.",
+    )
+    send_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Seconds output may wait unread by the client; then the connection is dropped (a client that "
+        "reads is never cut off).",
+    )
     max_connections_per_client: int = Field(
-        default=1024, ge=1, le=1_000_000, description="Per client address; behind a proxy, size it for the proxy."
+        default=1024,
+        ge=1,
+        le=1_000_000,
+        description="Open connections per client address (an MCP session holds one or two); more get 503. Behind a "
+        "reverse proxy, size it for the proxy.",
     )
     max_queued_messages: int = Field(
-        default=64, ge=1, le=100_000, description="Answers an SSE session may leave unread."
+        default=64,
+        ge=1,
+        le=100_000,
+        description="Answers an SSE session may leave unread on its stream; past it the session is closed.",
     )
 
     _browser_origins = field_validator("allowed_origins")(checked_origins)
