@@ -259,6 +259,32 @@ class BreakGlassSettings(_Section):
     catalogs: tuple[str, ...] = Field(default=("internal",), description="Catalogs whose callers may request grants.")
 
 
+class ConsoleSettings(_Section):
+    """The web console under /console on the HTTP server: access, changes, audit search, approvals, health."""
+
+    enabled: bool = Field(default=True, description="Serve the console on the HTTP transports' app.")
+    auditor_roles: tuple[str, ...] = Field(
+        default=("auditor",), description="Token roles that may read the console's pages (approvers may too)."
+    )
+    oidc_client_id: str | None = Field(
+        default=None,
+        description="Sign-in with the IdP (OpenID Connect, authorization code with PKCE) as this client; "
+        "unset: no IdP sign-in. The IdP's token endpoint must be on egress.allow.",
+    )
+    oidc_client_secret_env: str | None = Field(
+        default=None, description="Environment variable holding the client secret, for a confidential client."
+    )
+    token_sign_in: bool = Field(
+        default=True,
+        description="Allow signing in by pasting a token (development: `mcp-gateway token issue`). The token is "
+        "verified exactly like a caller's.",
+    )
+    session_idle: int = Field(
+        default=900, ge=60, le=86_400, description="Seconds without a request after which a session ends."
+    )
+    max_sessions: int = Field(default=10_000, ge=1, le=1_000_000, description="Sessions held at once (per process).")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MCP_GATEWAY_", env_nested_delimiter="__", extra="forbid", frozen=True)
 
@@ -280,6 +306,7 @@ class Settings(BaseSettings):
     audit: AuditSettings = AuditSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     breakglass: BreakGlassSettings = BreakGlassSettings()
+    console: ConsoleSettings = ConsoleSettings()
 
     @classmethod
     def settings_customise_sources(

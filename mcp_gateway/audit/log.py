@@ -38,6 +38,7 @@ from mcp_gateway.store.chain import ChainWriter
 from mcp_gateway.store.engine import Durability
 from mcp_gateway.store.probe import probe_write
 from mcp_gateway.store.records import AuditRecords, open_trail
+from mcp_gateway.store.search import AuditSearch, Page, SearchFilter
 from mcp_gateway.store.tables import AUDIT_COLUMNS
 
 __all__ = [
@@ -319,3 +320,7 @@ class AuditLog:
     def iter_rows(self, since: str | None = None, *, batch: int = 1000) -> Iterator[dict[str, Any]]:
         """Every row in chain order, streamed in batches (never the whole trail in memory)."""
         return self.records.iter_rows(since, batch=batch)
+
+    def search(self, wanted: SearchFilter, *, before: int | None = None, limit: int = 50) -> Page:
+        """One page of rows matching ``wanted``, newest first (keyset pagination; see store/search.py)."""
+        return AuditSearch(self._engine).page(wanted, before=before, limit=limit)

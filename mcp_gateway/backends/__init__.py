@@ -87,6 +87,10 @@ class Backends:
             built = self._built[kind] = factory()
         return built
 
+    def built(self, kind: str) -> Backend | None:
+        """The backend serving ``kind`` if one has been built (health pages: nothing is built to be looked at)."""
+        return self._built.get(kind)
+
     def for_tool(self, tool: ToolSpec) -> Backend:
         """The backend serving ``tool``.
 

@@ -155,6 +155,10 @@ class ModelRouter:
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    def breaker_states(self) -> dict[str, str]:
+        """Each model endpoint's breaker state (``closed``, ``open``, ``half-open``), by inventory name."""
+        return {name: breaker.state for name, breaker in sorted(self._breakers.items())}
+
     def breaker(self, name: str, settings: BreakerSettings) -> CircuitBreaker:
         """The breaker of entry ``name``; kept across reloads unless the breaker settings change."""
         breaker = self._breakers.get(name)

@@ -202,6 +202,10 @@ def build_app(
         Route("/readyz", readyz, methods=["GET"]),
         Route(urlsplit(str(metadata_url)).path, protected_resource_metadata, methods=["GET", "OPTIONS"]),
     ]
+    if settings.console.enabled:
+        from mcp_gateway.console.app import console_mount
+
+        routes.append(console_mount(settings, gateway, verifier))
     middleware = [
         Middleware(OriginGuard, allowed=origins),
         *_cors(settings),
