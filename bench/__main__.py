@@ -18,11 +18,11 @@ from typing import Any
 import yaml
 from rich.console import Console
 
-from bench import audit_bench, echo_bench, gateway_bench, memory_bench, policy_bench
+from bench import audit_bench, console_bench, echo_bench, gateway_bench, memory_bench, policy_bench
 from bench.common import machine
 from bench.report import render
 
-BENCHMARKS = ("echo", "gateway", "policy", "audit", "memory")
+BENCHMARKS = ("echo", "gateway", "policy", "audit", "memory", "console")
 
 
 def _variant(text: str) -> tuple[str, dict[str, Any]]:
@@ -60,6 +60,7 @@ def main() -> None:
         "policy": lambda: policy_bench.run(args.quick),
         "audit": lambda: audit_bench.run_appends(args.quick),
         "memory": lambda: memory_bench.run(args.quick),
+        "console": lambda: console_bench.run(args.quick),
     }
     console = Console(width=None if Console().is_terminal else 160)
     results: dict[str, Any] = {"machine": machine(), "quick": args.quick}

@@ -166,6 +166,23 @@ def memory_rows(result: dict[str, Any]) -> tuple[Row, list[Row]]:
     return header, rows
 
 
+def console_rows(result: dict[str, Any]) -> tuple[Row, list[Row]]:
+    header = ["query", "rows", "ids scanned", "p50 ms", "x newest-50 SQL", "target"]
+    target = result["target_ms"]
+    rows = [
+        [
+            row["query"],
+            str(row["rows"]),
+            f"{row['scanned']:,}",
+            f"{row['p50_ms']:.1f}",
+            f"{row['x_baseline']:.1f}",
+            _mark(row["p50_ms"] <= target) + f" (≤{target:.0f} ms)",
+        ]
+        for row in result["queries"]
+    ]
+    return header, rows
+
+
 TABLES = {
     "echo": [("Echo tool: gateway vs bare mcp server (medians of rounds)", echo_rows)],
     "rest": [],
@@ -173,6 +190,7 @@ TABLES = {
     "policy": [("Policy decision time: compiled engine vs pycasbin", policy_rows)],
     "audit": [("Durable audit appends (SQLite, WAL, synchronous=NORMAL)", audit_rows)],
     "memory": [("Resident memory of the server process", memory_rows)],
+    "console": [("Console audit search: one page of 50 on a large SQLite trail", console_rows)],
 }
 TABLES["echo"].append(("REST tool: gateway vs bare MCP server vs httpx directly (HTTP, 2026-07-28)", rest_rows))
 
@@ -199,7 +217,7 @@ def markdown(results: dict[str, Any]) -> str:
         + (" Quick run." if results.get("quick") else ""),
         "",
     ]
-    for name in ("echo", "gateway", "policy", "audit", "memory"):
+    for name in TABLES:
         if name not in results:
             continue
         for title, rows_of in TABLES[name]:

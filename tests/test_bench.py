@@ -93,3 +93,15 @@ def test_dlp_scaling_bench_measures_every_hostile_shape() -> None:
     results = dlp_scaling_bench.run(quick=True)
     assert set(results) == set(dlp_scaling_bench.SEEDS)
     assert all(figures["large_s"] >= 0 and figures["ratio"] >= 0 for figures in results.values())
+
+
+def test_console_bench_pages_through_a_built_trail() -> None:
+    from bench import console_bench
+
+    result = console_bench.run(records=3_000)
+    assert result["records"] == 3_000
+    by_query = {row["query"]: row for row in result["queries"]}
+    assert by_query["newest page, no filter"]["rows"] == 50
+    assert by_query["a subject never seen (bounded scan)"]["rows"] == 0
+    assert by_query["a rare subject (1 in 100,000)"]["rows"] == 1  # record 7
+    assert "Console audit search" in markdown({"console": result, "machine": _machine()})

@@ -2,13 +2,14 @@
 
 The trail has no index but its primary key, on purpose: each index costs every call a page write at commit (see
 docs/architecture.md). A filter that matches nothing would then scan the whole trail for one page. So a page
-walks the key backwards in windows of ``window`` ids and stops when the page is full or ``max_scan`` ids have
-been looked at; the cursor it returns says where the next page starts, and a page that stopped early says so.
-Each page is one short read whatever the trail's size: keyset pagination, never OFFSET.
+walks the key backwards in windows of ``window`` ids and stops when the page is full or its time ``budget`` is
+spent; the cursor it returns says where the next page starts, and a page that stopped early says how many ids
+it looked at. Each page is a bounded read whatever the trail's size: keyset pagination, never OFFSET.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,10 +50,10 @@ class Page:
 class AuditSearch:
     """Keyset-paginated search over the trail behind ``engine``."""
 
-    def __init__(self, engine: Engine, *, window: int = 20_000, max_scan: int = 400_000) -> None:
+    def __init__(self, engine: Engine, *, window: int = 20_000, budget: float = 0.12) -> None:
         self._engine = engine
         self._window = window
-        self._max_scan = max_scan
+        self._budget = budget
 
     def _conditions(self, wanted: SearchFilter) -> list[ColumnElement[bool]]:
         conditions: list[ColumnElement[bool]] = []
@@ -80,7 +81,9 @@ class AuditSearch:
             conditions = self._conditions(wanted)
             rows: list[dict[str, Any]] = []
             scanned = 0
-            while top > 1 and len(rows) < limit and scanned < self._max_scan:
+            deadline = time.perf_counter() + self._budget
+            # At least one window, however slow the machine: a page always moves the cursor.
+            while top > 1 and len(rows) < limit and (scanned == 0 or time.perf_counter() < deadline):
                 low = max(1, top - self._window)
                 query = (
                     select(_RECORDS)
