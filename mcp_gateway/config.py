@@ -24,6 +24,7 @@ FileModelT = TypeVar("FileModelT", bound=BaseModel)
 
 __all__ = [
     "DEFAULT_CONFIG",
+    "AdminSettings",
     "AuditSettings",
     "BreakGlassSettings",
     "EgressSettings",
@@ -212,6 +213,25 @@ class BreakGlassSettings(_Section):
     catalogs: tuple[str, ...] = Field(default=("internal",), description="Catalogs whose callers may request grants.")
 
 
+class AdminSettings(_Section):
+    """Token roles that let an operator change the gateway's state from the command line (mcp_gateway.operators).
+
+    The approver role is not here: it is ``breakglass.approver_roles``, one list for approving grants and held
+    calls, so the two can never disagree.
+    """
+
+    policy_roles: tuple[str, ...] = Field(
+        default=("policy-admin",),
+        description="Security: token roles allowed to change access: `policy add|remove`, `models import`, "
+        "catalog pins. Approvers use breakglass.approver_roles.",
+    )
+    reviewer_roles: tuple[str, ...] = Field(
+        default=("breakglass-reviewer",),
+        description="Security: token roles allowed to review break-glass grants and list them (approvers may list "
+        "them too).",
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MCP_GATEWAY_", env_nested_delimiter="__", extra="forbid", frozen=True)
 
@@ -228,6 +248,7 @@ class Settings(BaseSettings):
     audit: AuditSettings = AuditSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     breakglass: BreakGlassSettings = BreakGlassSettings()
+    admin: AdminSettings = AdminSettings()
 
     @classmethod
     def settings_customise_sources(
