@@ -5,7 +5,8 @@
 3. mints a short-lived internal token and a partner token with a dev key generated at first run
 4. runs the example agent with each and prints, side by side, what each sees and gets
 5. prints the audit rows those calls produced
-6. makes a policy change from the CLI (on a copy of policies/ under .mcp-gateway/), which is audited too
+6. makes a policy change from the CLI as a verified operator (carol's token, role policy-admin), on a copy of
+   policies/ under .mcp-gateway/; it is audited with her sub, jti and amr
 7. ends with the tabletop: `mcp-gateway audit trace TRACE_ID` for alice's call and `audit trace --change ID`
    for the policy change, both told from the audit trail alone
 """
@@ -119,7 +120,10 @@ def main() -> None:
             )
         )
         _print_audit(settings.database_url, started)
-        _tabletop(settings.database_url, started, env)
+        # The policy change is made by a verified operator: carol's own token, with a role in admin.policy_roles.
+        carol = key.mint("carol", roles=("policy-admin",), catalog="internal", issuer=issuer, audience=audience,
+                         ttl=300, amr=("pwd", "mfa"))  # fmt: skip
+        _tabletop(settings.database_url, started, {**env, "MCP_GATEWAY_TOKEN": carol})
     finally:
         for process in reversed(processes):
             process.terminate()
@@ -171,7 +175,7 @@ def _cli(env: dict[str, str], *args: str) -> str:
 
 
 def _tabletop(database_url: str, since: float, env: dict[str, str]) -> None:
-    console.rule("[bold]a configuration change, made from the CLI")
+    console.rule("[bold]a configuration change, made from the CLI by a verified operator (carol's token)")
     changed = _cli(
         env,
         "policy",
@@ -179,8 +183,6 @@ def _tabletop(database_url: str, since: float, env: dict[str, str]) -> None:
         "p, role:support_lead, internal, hr.*, call, allow",
         "--file",
         "internal.csv",
-        "--actor",
-        "carol",
     )
     found = re.search(r"audit record (\d+)", changed)
     console.rule("[bold]tabletop: the whole story of one call, from the audit trail alone")
