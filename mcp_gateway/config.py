@@ -14,7 +14,16 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from mcp_gateway.errors import ConfigError
@@ -271,6 +280,14 @@ class Settings(BaseSettings):
             raise ValueError(f"telemetry.otlp_endpoint {endpoint!r} is not on egress.allow")
         return self
 
+    # Where load_settings read these settings from, and the bytes it read (configfile.py digests them at start).
+    _loaded_from: tuple[Path, bytes] | None = PrivateAttr(default=None)
+
+    @property
+    def loaded_from(self) -> tuple[Path, bytes] | None:
+        """The config file and its bytes as :func:`load_settings` read them; None for settings built in code."""
+        return self._loaded_from
+
     @property
     def signing_key_path(self) -> Path:
         return self.audit.signing_key or self.state_dir / "audit-signing.key"
@@ -294,7 +311,8 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     """
     config_path = Path(path or os.environ.get("MCP_GATEWAY_CONFIG") or DEFAULT_CONFIG)
     try:
-        data = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+        raw = config_path.read_bytes()
+        data = yaml.safe_load(raw) or {}
     except OSError as exc:
         raise ConfigError(f"{config_path}: cannot read: {exc.strerror or exc}") from exc
     except yaml.YAMLError as exc:
@@ -319,9 +337,11 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         data["database_url"] = "sqlite:///" + str(Path(data["state_dir"]) / "audit.db")
     _check_environment(os.environ)
     try:
-        return Settings(**data)
+        settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError(f"{config_path}: {describe_validation_error(exc)}") from exc
+    settings._loaded_from = (config_path.resolve(), raw)
+    return settings
 
 
 # Variables with the prefix that are not settings: read by the CLI and the stdio transport.
