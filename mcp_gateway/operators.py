@@ -23,6 +23,7 @@ from mcp_gateway.errors import ForbiddenError, UnauthenticatedError
 from mcp_gateway.identity import JwtVerifier, Principal, load_jwks
 
 __all__ = [
+    "OPERATOR_CATALOG",
     "TOKEN_ENV",
     "TOKEN_FILE_ENV",
     "Operator",
@@ -35,6 +36,7 @@ __all__ = [
 
 TOKEN_ENV = "MCP_GATEWAY_TOKEN"  # noqa: S105 - a variable name, not a secret
 TOKEN_FILE_ENV = "MCP_GATEWAY_TOKEN_FILE"  # noqa: S105 - a variable name, not a secret
+OPERATOR_CATALOG = "internal"  # the catalog claim an operator's token must carry
 
 Role = Literal["policy", "approver", "reviewer"]
 
@@ -117,6 +119,7 @@ def verified_operator(
         ConfigError: the identity provider's keys cannot be loaded.
         UnauthenticatedError: no token, an unreadable token file, or a token the verifier refuses (``reason`` says
             why: ``expired``, ``wrong audience``...).
+        ForbiddenError: a verified token of the partner catalog: partners never operate the gateway.
     """
     token, source = _read_token(token_file, os.environ if environ is None else environ)
     # The verifier the gateway serves with (server.build_verifier): the same keys, from the same allowlisted source.
@@ -127,6 +130,12 @@ def verified_operator(
         principal = verifier.verify(token)
     except UnauthenticatedError as exc:
         raise UnauthenticatedError(f"operator token {source} refused: {exc.reason}: {exc}", reason=exc.reason) from exc
+    if principal.catalog != OPERATOR_CATALOG:
+        # Partners are outside the organisation: whatever roles their token claims, they do not run the gateway.
+        raise ForbiddenError(
+            f"operator token {source}: {principal.subject!r} holds a {principal.catalog!r} token; "
+            f"only {OPERATOR_CATALOG!r} tokens may change the gateway"
+        )
     return Operator.from_principal(principal)
 
 
@@ -162,7 +171,7 @@ def operator_for(settings: Settings, role: Role, action: str, token_file: Path |
     Raises:
         ConfigError: the identity provider's keys cannot be loaded.
         UnauthenticatedError: no token, or one the verifier refuses.
-        ForbiddenError: the operator lacks the role.
+        ForbiddenError: the operator lacks the role, or holds a partner token.
     """
     operator = verified_operator(settings, token_file)
     require_role(operator, settings, role, action)

@@ -82,7 +82,7 @@ class Reloader:
         self.catalogs: CatalogSet = load_catalogs(settings.catalogs_dir, settings.egress)
         """The catalog set in force: immutable, replaced whole by one assignment."""
         # The files in force, for the diff of the next change (None when they were edited while loading).
-        self._catalog_texts = FolderFiles.read(settings.catalogs_dir, _CATALOG_FILES)
+        self._catalog_texts: FolderFiles | None = FolderFiles.read(settings.catalogs_dir, _CATALOG_FILES)
         self._policy_texts = _policy_files(settings.policies_dir, policy.snapshot.version)
         self._config_in_force = ConfigFile.of(settings)
         self._config_seen = self._config_in_force.sha256 if self._config_in_force else None
@@ -108,7 +108,7 @@ class Reloader:
             # Read again after the engine did: the diff is of exactly the version it loaded, or says it is not.
             current = _policy_files(folder, result.new_version)
             detail = {"added": list(result.added), "removed": list(result.removed), "error": result.error}
-            detail.update(_provenance(folder, self._policy_texts, current or _policy_files(folder), yaml=False))
+            detail.update(_provenance(folder, self._policy_texts, current, yaml=False))
             self._record(
                 "policy.reload", actor, result.ok, old=result.old_version, new=result.new_version, detail=detail
             )
@@ -128,7 +128,7 @@ class Reloader:
         if fingerprint == self._catalog_files:
             return False, None
         old = self.catalogs
-        texts = FolderFiles.read(settings.catalogs_dir, _CATALOG_FILES)
+        texts: FolderFiles | None = FolderFiles.read(settings.catalogs_dir, _CATALOG_FILES)
         files = _provenance(settings.catalogs_dir, self._catalog_texts, texts, yaml=True)
         try:
             fresh = load_catalogs(settings.catalogs_dir, settings.egress)
@@ -138,7 +138,8 @@ class Reloader:
             self._catalog_files = fingerprint
             return False, f"catalogs: {exc}"
         if catalog_fingerprint(settings.catalogs_dir) != fingerprint:
-            files["files_note"] = "edited again while loading: the next check records that version"
+            files = {"files": None, "files_note": "edited again while loading: the next check records that version"}
+            texts = None
         # An edit that changes no tool (a comment, a reordering) is recorded too: the files are evidence.
         self._record(
             "catalog.reload",

@@ -94,6 +94,14 @@ def test_an_unverified_operator_is_refused_with_the_reason(
     assert token not in str(refused.value)  # never the token itself
 
 
+def test_a_partner_token_never_operates_the_gateway_whatever_its_roles(
+    deployment: Deployment, settings: Settings, tmp_path: Path
+) -> None:
+    token = deployment.mint("acme-admin", ("policy-admin", "breakglass-approver"), "partner")
+    with pytest.raises(ForbiddenError, match="only 'internal' tokens may change the gateway"):
+        verified_operator(settings, _file(tmp_path, token), environ={})
+
+
 def test_no_token_or_an_unreadable_one_is_refused(settings: Settings, tmp_path: Path) -> None:
     with pytest.raises(UnauthenticatedError, match="no operator token: pass --token-file") as none:
         verified_operator(settings, environ={})
