@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 import yaml
 from typer.testing import CliRunner
 
@@ -17,8 +18,8 @@ from mcp_gateway.audit.export import cef_line
 from mcp_gateway.audit.log import AuditEntry, AuditLog
 from mcp_gateway.cli.app import app
 from mcp_gateway.config import load_settings
-from mcp_gateway.devkeys import ensure_dev_key
-from tests.conftest import ISSUER, Deployment
+from mcp_gateway.devkeys import DevKey, ensure_dev_key
+from tests.conftest import ISSUER, Deployment, ExampleApi, make_deployment
 
 # The operator's token comes only from what each test passes: never from the environment running the tests.
 runner = CliRunner(env={"MCP_GATEWAY_TOKEN": None, "MCP_GATEWAY_TOKEN_FILE": None})
@@ -243,3 +244,32 @@ def test_export_cef_streams_every_row(deployment: Deployment) -> None:
     lines = result.output.splitlines()
     assert len(lines) == 3
     assert all(line.startswith("CEF:0|") for line in lines)
+
+
+@pytest.fixture
+def pg_deployment(tmp_path: Path, example_api: ExampleApi, dev_key: DevKey, postgres_url: str) -> Deployment:
+    # A fresh trail in the session's PostgreSQL (other tests leave theirs behind).
+    engine = sqlalchemy.create_engine(postgres_url)
+    with engine.begin() as connection:
+        connection.execute(sqlalchemy.text("DROP TABLE IF EXISTS audit_record"))
+    engine.dispose()
+    return make_deployment(tmp_path, example_api, dev_key, database_url=postgres_url)
+
+
+def test_on_postgresql_only_a_verified_operator_changes_policy_and_is_recorded(pg_deployment: Deployment) -> None:
+    deployment, config = pg_deployment, str(pg_deployment.config)
+    policy = deployment.policies / "internal.csv"
+    before = policy.read_bytes()
+    support = _token(deployment, "bob", ("support",))
+    refused = runner.invoke(
+        app, ["policy", "add", LINE, "--file", "internal.csv", "--token-file", support, "-c", config]
+    )
+    assert refused.exit_code == 1
+    assert policy.read_bytes() == before
+    assert _rows(deployment) == []
+    admin = _token(deployment, "bob")
+    done = runner.invoke(app, ["policy", "add", LINE, "--file", "internal.csv", "--token-file", admin, "-c", config])
+    assert done.exit_code == 0, done.output
+    (row,) = _rows(deployment)
+    assert (row["event"], row["subject"]) == ("policy.change", "bob")
+    assert json.loads(str(row["detail"]))["actor"]["amr"] == ["pwd", "mfa"]

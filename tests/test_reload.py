@@ -12,12 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy
 import yaml
 
+from mcp_gateway.config import load_settings
 from mcp_gateway.configfile import startup_detail
+from mcp_gateway.devkeys import DevKey
 from mcp_gateway.gateway import Gateway
 from mcp_gateway.provenance import MAX_DIFF_LINES, REDACTED, redact_yaml_lines
-from tests.conftest import Deployment, GatewayFactory
+from mcp_gateway.server import build_gateway
+from tests.conftest import API_KEY, Deployment, ExampleApi, GatewayFactory, make_deployment
 
 GRANT = "p, user:alice, internal, hr.salary_lookup, call, allow"
 AUTHOR = "Sec Team <secteam@example.test>"
@@ -239,7 +243,7 @@ async def test_an_unreadable_config_is_recorded_once(gateway: Gateway, deploymen
 
 
 def test_settings_built_in_code_have_no_file_to_digest(deployment: Deployment) -> None:
-    from mcp_gateway.config import Settings, load_settings
+    from mcp_gateway.config import Settings
 
     settings = Settings(**load_settings(deployment.config).model_dump())
     assert startup_detail(settings)["config_file"] is None
@@ -280,3 +284,27 @@ def test_a_secret_block_is_redacted_to_its_end() -> None:
         f"  {REDACTED}",
         "x: 2",
     ]
+
+
+async def test_on_postgresql_a_hand_edit_and_a_config_change_are_recorded(
+    tmp_path: Path, example_api: ExampleApi, dev_key: DevKey, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = sqlalchemy.create_engine(postgres_url)
+    with engine.begin() as connection:
+        connection.execute(sqlalchemy.text("DROP TABLE IF EXISTS audit_record"))
+    engine.dispose()
+    monkeypatch.setenv("INVENTORY_API_KEY", API_KEY)
+    deployment = make_deployment(tmp_path, example_api, dev_key, database_url=postgres_url)
+    gateway = build_gateway(load_settings(deployment.config))
+    try:
+        _append(deployment.policies / "internal.csv", GRANT)
+        data = _config(deployment)
+        data["egress"]["allow"].append("https://elsewhere.example.test")
+        deployment.config.write_text(yaml.safe_dump(data))
+        report = gateway.reload()
+        assert (report.policy_changed, report.config_changed) == (True, True)
+        assert "+" + GRANT in rows(gateway, "policy.reload")[-1]["detail"]["files"][0]["diff"]
+        assert rows(gateway, "config.change")[-1]["detail"]["security_keys"] == ["egress.allow"]
+    finally:
+        await gateway.aclose()
+        gateway.audit.close()
