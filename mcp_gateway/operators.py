@@ -37,6 +37,7 @@ __all__ = [
 TOKEN_ENV = "MCP_GATEWAY_TOKEN"  # noqa: S105 - a variable name, not a secret
 TOKEN_FILE_ENV = "MCP_GATEWAY_TOKEN_FILE"  # noqa: S105 - a variable name, not a secret
 OPERATOR_CATALOG = "internal"  # the catalog claim an operator's token must carry
+_MAX_TOKEN_FILE = 65_536  # the largest identity.max_token_bytes allows
 
 Role = Literal["policy", "approver", "reviewer"]
 
@@ -96,7 +97,10 @@ def _read_token(token_file: Path | None, environ: Mapping[str, str]) -> tuple[st
         )
     source = "--token-file" if token_file is not None else TOKEN_FILE_ENV
     try:
-        token = named.read_text(encoding="utf-8").strip()
+        # Bounded: the verifier refuses anything past identity.max_token_bytes (at most 64 KiB) anyway, and a
+        # token file pointed at a device or a huge file must not be read whole.
+        with named.open("rb") as handle:
+            token = handle.read(_MAX_TOKEN_FILE + 1).decode("utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
         detail = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise UnauthenticatedError(
@@ -104,6 +108,8 @@ def _read_token(token_file: Path | None, environ: Mapping[str, str]) -> tuple[st
         ) from exc
     if not token:
         raise UnauthenticatedError(f"operator token {source} ({named}) is empty", reason="no token")
+    if len(token) > _MAX_TOKEN_FILE:
+        raise UnauthenticatedError(f"operator token {source} ({named}) is larger than a token", reason="malformed")
     return token, f"{source} ({named})"
 
 

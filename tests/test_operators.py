@@ -111,6 +111,13 @@ def test_no_token_or_an_unreadable_one_is_refused(settings: Settings, tmp_path: 
     assert missing.value.reason == "unreadable"
     with pytest.raises(UnauthenticatedError, match="is empty"):
         verified_operator(settings, _file(tmp_path, "  "), environ={})
+    with pytest.raises(UnauthenticatedError, match="larger than a token") as huge:
+        verified_operator(settings, Path("/dev/zero"), environ={})
+    assert huge.value.reason == "malformed"
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfe token")
+    with pytest.raises(UnauthenticatedError, match="not UTF-8"):
+        verified_operator(settings, binary, environ={})
     with pytest.raises(UnauthenticatedError, match="MCP_GATEWAY_TOKEN_FILE"):
         verified_operator(settings, environ={"MCP_GATEWAY_TOKEN_FILE": str(tmp_path / "absent")})
 
