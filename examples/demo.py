@@ -9,7 +9,8 @@
 5. makes model tool calls: one streamed as progress, one whose audit row carries the token usage, and one after
    the engine is stopped, answered `unavailable` (skipped, saying why, if the engine cannot start)
 6. prints the audit rows those calls produced
-7. makes a policy change from the CLI (on a copy of policies/ under .mcp-gateway/), which is audited too
+7. makes a policy change from the CLI as a verified operator (carol's token, role policy-admin), on a copy of
+   policies/ under .mcp-gateway/; it is audited with her sub, jti and amr
 8. ends with the tabletop: `mcp-gateway audit trace TRACE_ID` for alice's call and `audit trace --change ID`
    for the policy change, both told from the audit trail alone
 """
@@ -130,7 +131,10 @@ def main() -> None:
             asyncio.run(demo_models.show(console, engine, url, internal, lambda *args: _cli(env, *args)))
             _print_usage(settings.database_url, started)
         _print_audit(settings.database_url, started)
-        _tabletop(settings.database_url, started, env)
+        # The policy change is made by a verified operator: carol's own token, with a role in admin.policy_roles.
+        carol = key.mint("carol", roles=("policy-admin",), catalog="internal", issuer=issuer, audience=audience,
+                         ttl=300, amr=("pwd", "mfa"))  # fmt: skip
+        _tabletop(settings.database_url, started, {**env, "MCP_GATEWAY_TOKEN": carol})
     finally:
         if engine is not None:
             engine.stop()
@@ -212,7 +216,7 @@ def _cli(env: dict[str, str], *args: str) -> str:
 
 
 def _tabletop(database_url: str, since: float, env: dict[str, str]) -> None:
-    console.rule("[bold]a configuration change, made from the CLI")
+    console.rule("[bold]a configuration change, made from the CLI by a verified operator (carol's token)")
     changed = _cli(
         env,
         "policy",
@@ -220,8 +224,6 @@ def _tabletop(database_url: str, since: float, env: dict[str, str]) -> None:
         "p, role:support_lead, internal, hr.*, call, allow",
         "--file",
         "internal.csv",
-        "--actor",
-        "carol",
     )
     found = re.search(r"audit record (\d+)", changed)
     console.rule("[bold]tabletop: the whole story of one call, from the audit trail alone")

@@ -1,16 +1,17 @@
 """Configuration changes made from the command line, each one an audit record.
 
-A running gateway audits every policy or catalog version it reloads (actor ``gateway``). A change made with
-``mcp-gateway policy add|remove`` is audited at the moment it is made, with the person who made it as the
-actor: the edit is checked by loading the whole resulting policy first, written atomically only if it loads,
-and recorded either way (``policy.change``, outcome ``ok`` or ``rejected``) with the old and new policy
-digests and the lines added and removed. The record gets a fresh trace id, so ``audit trace --change ID``
-and a SIEM can join it to what follows.
+A running gateway audits every policy or catalog version it reloads (mcp_gateway.reload). A change made with
+``mcp-gateway policy add|remove`` is audited at the moment it is made, with the verified operator who made it
+as the actor (:class:`~mcp_gateway.operators.Operator`: the token's ``sub`` as the row's subject, and
+``{sub, jti, amr}`` as ``detail.actor``; never free text): the edit is checked by loading the whole resulting
+policy first, written atomically only if it loads, and recorded either way (``policy.change``, outcome ``ok``
+or ``rejected``) with the old and new policy digests and the lines added and removed. ``models import`` is
+recorded the same way (``models.import``) with the digest it verified. Each record gets a fresh trace id, so
+``audit trace --change ID`` and a SIEM can join it to what follows.
 """
 
 from __future__ import annotations
 
-import getpass
 import os
 import secrets
 import shutil
@@ -21,9 +22,11 @@ from typing import Any
 
 from mcp_gateway.audit.log import AuditEntry, AuditLog, new_request_id
 from mcp_gateway.errors import ConfigError
+from mcp_gateway.inventory import Inventory, Progress, import_weights
+from mcp_gateway.operators import Operator
 from mcp_gateway.policy import load_policy
 
-__all__ = ["ChangeResult", "change_policy_line", "default_actor"]
+__all__ = ["ChangeResult", "change_entry", "change_policy_line", "import_model_weights"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,9 +38,21 @@ class ChangeResult:
     error: str | None
 
 
-def default_actor() -> str:
-    """Who is making the change: ``$SUDO_USER`` when run through sudo, else the login name."""
-    return os.environ.get("SUDO_USER") or getpass.getuser()
+def change_entry(
+    event: str, operator: Operator, *, ok: bool, detail: dict[str, Any], policy_version: str | None = None
+) -> AuditEntry:
+    """The audit entry of one change an operator made from the command line, with a trace of its own."""
+    return AuditEntry(
+        event=event,
+        decision="allow" if ok else "error",
+        outcome="ok" if ok else "rejected",
+        request_id=new_request_id(),
+        trace_id=secrets.token_hex(16),
+        subject=operator.sub,
+        roles=sorted(operator.roles),
+        policy_version=policy_version,
+        detail={**detail, "actor": operator.actor(), "via": "cli"},
+    )
 
 
 def _policy_lines(policies_dir: Path) -> set[str]:
@@ -46,7 +61,7 @@ def _policy_lines(policies_dir: Path) -> set[str]:
 
 
 def change_policy_line(
-    log: AuditLog, policies_dir: Path, file_name: str, line: str, *, remove: bool, actor: str
+    log: AuditLog, policies_dir: Path, file_name: str, line: str, *, remove: bool, operator: Operator
 ) -> ChangeResult:
     """Add ``line`` to (or remove it from) ``policies_dir/file_name``, if the resulting policy loads; audit it.
 
@@ -70,7 +85,7 @@ def change_policy_line(
     else:
         new_lines = [*old_lines, line]
     new_text = "\n".join(new_lines) + "\n"
-    detail: dict[str, Any] = {"file": file_name, "via": "cli"}
+    detail: dict[str, Any] = {"file": file_name}
     with tempfile.TemporaryDirectory() as scratch:
         trial = Path(scratch) / "policies"
         shutil.copytree(policies_dir, trial)
@@ -85,13 +100,10 @@ def change_policy_line(
         detail.update(added=sorted(after - before), removed=sorted(before - after))
     else:
         detail.update(error=error, attempted={"remove" if remove else "add": line})
-    entry = AuditEntry(
-        event="policy.change",
-        decision="allow" if error is None else "error",
-        outcome="ok" if error is None else "rejected",
-        request_id=new_request_id(),
-        trace_id=secrets.token_hex(16),
-        subject=actor,
+    entry = change_entry(
+        "policy.change",
+        operator,
+        ok=error is None,
         policy_version=new_digest or old_digest,
         detail={"old_digest": old_digest, "new_digest": new_digest, **detail},
     )
@@ -107,3 +119,41 @@ def change_policy_line(
     finally:
         staged.unlink(missing_ok=True)
     return ChangeResult(entry.request_id or "", True, old_digest, new_digest, None)
+
+
+def import_model_weights(
+    log: AuditLog,
+    inventory: Inventory,
+    name: str,
+    source: Path,
+    expected: str,
+    operator: Operator,
+    progress: Progress | None = None,
+) -> Path:
+    """Import weights (:func:`~mcp_gateway.inventory.import_weights`) and record it (``models.import``).
+
+    The record of an accepted import carries the digest the copied bytes hashed to and is committed before the
+    file is moved into place; a refused import is recorded with why.
+
+    Raises:
+        ConfigError: the import was refused (unknown entry, digest mismatch); recorded, nothing placed.
+        OSError: the source cannot be read or the destination written; recorded, nothing placed.
+        UnavailableError: the record could not be written; nothing placed.
+    """
+    entry = inventory.get(name)
+    detail: dict[str, Any] = {
+        "model": name,
+        "version": entry.version if entry is not None else None,
+        "inventory_digest": inventory.digest,
+        "source": str(source),
+        "expected_sha256": expected.lower(),
+    }
+
+    def record(actual: str) -> None:
+        log.record(change_entry("models.import", operator, ok=True, detail={**detail, "sha256": actual}))
+
+    try:
+        return import_weights(inventory, name, source, expected, progress, before_place=record)
+    except (ConfigError, OSError) as exc:
+        log.record(change_entry("models.import", operator, ok=False, detail={**detail, "error": str(exc)}))
+        raise

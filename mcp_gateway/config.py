@@ -14,7 +14,16 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from mcp_gateway.errors import ConfigError
@@ -24,6 +33,7 @@ FileModelT = TypeVar("FileModelT", bound=BaseModel)
 
 __all__ = [
     "DEFAULT_CONFIG",
+    "AdminSettings",
     "AuditSettings",
     "BreakGlassSettings",
     "EgressSettings",
@@ -285,6 +295,25 @@ class ConsoleSettings(_Section):
     max_sessions: int = Field(default=10_000, ge=1, le=1_000_000, description="Sessions held at once (per process).")
 
 
+class AdminSettings(_Section):
+    """Token roles that let an operator change the gateway's state from the command line (mcp_gateway.operators).
+
+    The approver role is not here: it is ``breakglass.approver_roles``, one list for approving grants and held
+    calls, so the two can never disagree.
+    """
+
+    policy_roles: tuple[str, ...] = Field(
+        default=("policy-admin",),
+        description="Security: token roles allowed to change access: `policy add|remove`, `models import`, "
+        "catalog pins. Approvers use breakglass.approver_roles.",
+    )
+    reviewer_roles: tuple[str, ...] = Field(
+        default=("breakglass-reviewer",),
+        description="Security: token roles allowed to review break-glass grants and list them (approvers may list "
+        "them too).",
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MCP_GATEWAY_", env_nested_delimiter="__", extra="forbid", frozen=True)
 
@@ -307,6 +336,7 @@ class Settings(BaseSettings):
     telemetry: TelemetrySettings = TelemetrySettings()
     breakglass: BreakGlassSettings = BreakGlassSettings()
     console: ConsoleSettings = ConsoleSettings()
+    admin: AdminSettings = AdminSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -328,6 +358,14 @@ class Settings(BaseSettings):
         if endpoint is not None and not self.egress.permits(endpoint):
             raise ValueError(f"telemetry.otlp_endpoint {endpoint!r} is not on egress.allow")
         return self
+
+    # Where load_settings read these settings from, and the bytes it read (configfile.py digests them at start).
+    _loaded_from: tuple[Path, bytes] | None = PrivateAttr(default=None)
+
+    @property
+    def loaded_from(self) -> tuple[Path, bytes] | None:
+        """The config file and its bytes as :func:`load_settings` read them; None for settings built in code."""
+        return self._loaded_from
 
     @property
     def signing_key_path(self) -> Path:
@@ -352,7 +390,8 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     """
     config_path = Path(path or os.environ.get("MCP_GATEWAY_CONFIG") or DEFAULT_CONFIG)
     try:
-        data = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+        raw = config_path.read_bytes()
+        data = yaml.safe_load(raw) or {}
     except OSError as exc:
         raise ConfigError(f"{config_path}: cannot read: {exc.strerror or exc}") from exc
     except yaml.YAMLError as exc:
@@ -377,9 +416,11 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         data["database_url"] = "sqlite:///" + str(Path(data["state_dir"]) / "audit.db")
     _check_environment(os.environ)
     try:
-        return Settings(**data)
+        settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError(f"{config_path}: {describe_validation_error(exc)}") from exc
+    settings._loaded_from = (config_path.resolve(), raw)
+    return settings
 
 
 # Variables with the prefix that are not settings: read by the CLI and the stdio transport.

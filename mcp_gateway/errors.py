@@ -20,6 +20,7 @@ a stable machine-readable ``code``, the ``public_message`` the caller sees, and 
     x UnavailableError       the gateway cannot establish policy or audit: fail closed
       x ModelUnavailableError  every approved model for the tool is down or failed (same code)
   * BreakGlassError          a break-glass or approval command refused (CLI; exit status 1)
+  * ForbiddenError           an operator's verified token lacks the role a command needs (CLI; exit status 1)
 
 The caller sees only ``public_message``, the ``code`` and the request id. The detailed ``str(exc)`` goes
 to the audit trail and the span, never to the caller. On the command line it is the other way round: the
@@ -41,6 +42,7 @@ __all__ = [
     "CallError",
     "ConfigError",
     "DlpBlockedError",
+    "ForbiddenError",
     "GatewayError",
     "InvalidArgumentsError",
     "ModelEndpointError",
@@ -210,6 +212,14 @@ class BreakGlassError(GatewayError):
 
     code: ClassVar[str] = "breakglass_refused"
     public_message: ClassVar[str] = "Break-glass request refused"
+    exit_code: ClassVar[int] = 1
+
+
+class ForbiddenError(GatewayError):
+    """A verified operator holds none of the roles an action needs; the message names the action and those roles."""
+
+    code: ClassVar[str] = "forbidden"
+    public_message: ClassVar[str] = "Not allowed for this operator"
     exit_code: ClassVar[int] = 1
 
 

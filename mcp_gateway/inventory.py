@@ -239,12 +239,19 @@ def verify_weights(
 
 
 def import_weights(
-    inventory: Inventory, name: str, source: Path, expected: str, progress: Progress | None = None
+    inventory: Inventory,
+    name: str,
+    source: Path,
+    expected: str,
+    progress: Progress | None = None,
+    before_place: Callable[[str], None] | None = None,
 ) -> Path:
     """Copy ``source`` into ``artifacts_dir`` as entry ``name``'s weights, only if its bytes hash to ``expected``.
 
     The hash is computed over the bytes written (not a second read of the source), into a temporary file in the
     artifacts folder that is renamed into place only after it matched; on a mismatch nothing is left behind.
+    ``before_place`` is called with the verified digest just before the rename (the audit record goes first):
+    if it raises, nothing is placed.
 
     Raises:
         ConfigError: ``name`` is unknown, has no ``weights``, its inventory hash differs from ``expected``, or the
@@ -275,6 +282,8 @@ def import_weights(
         actual = digest.hexdigest()
         if actual != expected:
             raise ConfigError(f"models import: {source} hashes to {actual}, not {expected}; nothing imported")
+        if before_place is not None:
+            before_place(actual)
         shutil.move(temporary, destination)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -14,6 +14,7 @@ from mcp_gateway.backends import Backend, Backends
 from mcp_gateway.backends.http import HttpUpstream
 from mcp_gateway.breakglass import BreakGlass
 from mcp_gateway.config import Settings
+from mcp_gateway.configfile import startup_detail
 from mcp_gateway.egress import guarded_get
 from mcp_gateway.gateway import Gateway
 from mcp_gateway.identity import JwtVerifier, load_jwks
@@ -75,7 +76,12 @@ def build_gateway(settings: Settings) -> Gateway:
                 trace_id=current_trace_id(),
                 subject="gateway",
                 policy_version=policy.snapshot.version,
-                detail={"version": __version__, "catalogs_digest": gateway.catalogs.version},
+                # The config in force on record: the file's digest and the effective settings, secrets redacted.
+                detail={
+                    "version": __version__,
+                    "catalogs_digest": gateway.catalogs.version,
+                    **startup_detail(settings),
+                },
             )
         )
     return gateway

@@ -10,7 +10,7 @@ from mcp_gateway.cli.app import app
 from mcp_gateway.reference import REFERENCES, Reference, keys, render
 from tests.conftest import ROOT
 
-FIX = "regenerate it: mcp-gateway config reference {name} > {document}"
+FIX = "regenerate it: python scripts/references.py (or mcp-gateway config reference {name} > {document})"
 
 
 @pytest.mark.parametrize("reference", REFERENCES, ids=lambda reference: reference.name)

@@ -1,5 +1,5 @@
-"""What every command group shares: the two consoles, the ``--config`` option, and the one place where an
-error that ends a command becomes ``error: …`` on stderr and the error class's exit status."""
+"""What every command group shares: the two consoles, the ``--config`` and ``--token-file`` options, and the one
+place where an error that ends a command becomes ``error: …`` on stderr and the error class's exit status."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typer.core import TyperGroup
 
 from mcp_gateway.errors import GatewayError
 
-__all__ = ["ConfigOption", "ErrorMappingGroup", "err", "out", "print_error"]
+__all__ = ["ConfigOption", "ErrorMappingGroup", "TokenFileOption", "err", "out", "print_error"]
 
 out = Console()
 err = Console(stderr=True)
@@ -21,6 +21,15 @@ err = Console(stderr=True)
 ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="Config file (default: $MCP_GATEWAY_CONFIG or mcp-gateway.yaml)."),
+]
+
+# The operator's own token, for commands that change state (mcp_gateway.operators); read-only commands take none.
+TokenFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--token-file",
+        help="Your own token from the identity provider (default: $MCP_GATEWAY_TOKEN or $MCP_GATEWAY_TOKEN_FILE).",
+    ),
 ]
 
 

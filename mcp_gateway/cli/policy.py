@@ -1,5 +1,8 @@
 """``mcp-gateway policy …``: explain a decision, change a line (audited), and check a policy before it ships.
 
+``add`` and ``remove`` run as the verified operator of ``--token-file`` (or ``$MCP_GATEWAY_TOKEN``/``_FILE``),
+who needs a role in ``admin.policy_roles``; every other command reads only and works offline, without a token.
+
 ``explain`` and ``test`` exit with the decision (0 allow, 1 deny or a failed case), ``lint`` with 1 on errors
 and ``diff`` with 1 when access changes, so each can gate a CI job.
 """
@@ -19,7 +22,7 @@ from rich.text import Text
 
 from mcp_gateway.audit.log import AuditLog
 from mcp_gateway.catalog import load_catalogs
-from mcp_gateway.cli.common import ConfigOption, out
+from mcp_gateway.cli.common import ConfigOption, TokenFileOption, out
 from mcp_gateway.config import Settings, load_settings
 from mcp_gateway.errors import ConfigError
 from mcp_gateway.policy import PolicySnapshot, load_policy
@@ -36,7 +39,6 @@ class MatrixFormat(StrEnum):
 
 FormatOption = Annotated[MatrixFormat, typer.Option("--format", help="A table to read, or CSV for a script.")]
 FileOption = Annotated[str, typer.Option("--file", help="The CSV file in policies_dir to change.")]
-ActorOption = Annotated[str | None, typer.Option(help="Who makes the change (default: your login).")]
 
 
 def _policy(config: Path | None) -> tuple[Settings, PolicySnapshot]:
@@ -71,35 +73,36 @@ def policy_explain(
 def policy_add(
     line: Annotated[str, typer.Argument(help='A policy line, e.g. "p, role:support, internal, crm.*, call, allow".')],
     file: FileOption,
-    actor: ActorOption = None,
+    token_file: TokenFileOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Add a policy line, if the resulting policy loads; the change (or its refusal) is an audit record."""
-    _change_policy(line, file, actor, config, remove=False)
+    _change_policy(line, file, token_file, config, remove=False)
 
 
 @policy_app.command("remove")
 def policy_remove(
     line: Annotated[str, typer.Argument(help="The policy line to remove, exactly as in the file.")],
     file: FileOption,
-    actor: ActorOption = None,
+    token_file: TokenFileOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Remove a policy line, if the resulting policy loads; the change (or its refusal) is an audit record."""
-    _change_policy(line, file, actor, config, remove=True)
+    _change_policy(line, file, token_file, config, remove=True)
 
 
-def _change_policy(line: str, file: str, actor: str | None, config: Path | None, *, remove: bool) -> None:
+def _change_policy(line: str, file: str, token_file: Path | None, config: Path | None, *, remove: bool) -> None:
     # Lazy: changes.py takes its request ids from the gateway core, which brings telemetry and the backends
     # with it; only add and remove need any of that.
-    from mcp_gateway.changes import change_policy_line, default_actor
+    from mcp_gateway.changes import change_policy_line
+    from mcp_gateway.operators import operator_for
 
     settings = load_settings(config)
+    # Who, before anything else: an operator who is not verified, or lacks the role, changes and learns nothing.
+    operator = operator_for(settings, "policy", f"policy {'remove' if remove else 'add'}", token_file)
     log = AuditLog(settings.database_url)
     try:
-        result = change_policy_line(
-            log, settings.policies_dir, file, line, remove=remove, actor=actor or default_actor()
-        )
+        result = change_policy_line(log, settings.policies_dir, file, line, remove=remove, operator=operator)
         rows = log.by_request(result.request_id)
     finally:
         log.close()
@@ -107,7 +110,10 @@ def _change_policy(line: str, file: str, actor: str | None, config: Path | None,
     if not result.accepted:
         # The resulting policy does not load: a configuration error like any other, though already audited.
         raise ConfigError(f"refused ({record}): {result.error}")
-    out.print(Text(f"policy {result.old_digest[:12]} -> {str(result.new_digest)[:12]} ({record})"), soft_wrap=True)
+    out.print(
+        Text(f"policy {result.old_digest[:12]} -> {str(result.new_digest)[:12]} by {operator.label} ({record})"),
+        soft_wrap=True,
+    )
 
 
 # A subject no token can carry (token subjects have no control characters), so a role's row shows only what
