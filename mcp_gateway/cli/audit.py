@@ -28,6 +28,7 @@ from rich.text import Text
 from mcp_gateway.audit.checkpoint import Checkpointer, Signer, load_public_key, merge_checkpoints, read_checkpoint_file
 from mcp_gateway.audit.export import cef_line, jsonl_line, open_bundle, printable_text, write_bundle
 from mcp_gateway.audit.log import AuditLog, record_hash
+from mcp_gateway.audit.severity import TamperWatch
 from mcp_gateway.audit.story import TraceStories, row_detail, tell
 from mcp_gateway.audit.verify import VerifyReport, verify_records
 from mcp_gateway.cli.common import ConfigOption, err, out, print_error
@@ -108,7 +109,7 @@ def audit_export(
     ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Every audit row as JSON lines or CEF, streamed, for a SIEM; or a verifiable bundle with --bundle."""
+    """Every audit row as JSON lines or CEF with its severity, streamed, for a SIEM; or a bundle with --bundle."""
     cutoff = _utc(since) if since is not None else None
     settings = load_settings(config)
     log = AuditLog(settings.database_url)
@@ -122,8 +123,9 @@ def audit_export(
         else:
             line = cef_line if output is ExportFormat.cef else jsonl_line
             write = sys.stdout.write
+            watch = TamperWatch(partial=cutoff is not None)  # each row re-hashed on the way out: tamper is loudest
             for row in rows:
-                write(line(row))
+                write(line(row, watch.check(row)))
     log.close()
 
 
