@@ -25,12 +25,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from mcp_gateway.audit.checkpoint import Checkpointer, Signer, load_public_key, merge_checkpoints, read_checkpoint_file
+from mcp_gateway.audit.checkpoint import Checkpointer, Signer, load_public_key, merge_checkpoints
 from mcp_gateway.audit.export import cef_line, jsonl_line, open_bundle, printable_text, write_bundle
 from mcp_gateway.audit.log import AuditLog, record_hash
+from mcp_gateway.audit.mirror import read_mirror
 from mcp_gateway.audit.severity import TamperWatch
 from mcp_gateway.audit.story import TraceStories, row_detail, tell
-from mcp_gateway.audit.verify import VerifyReport, verify_records
+from mcp_gateway.audit.verify import Problem, VerifyReport, verify_records
 from mcp_gateway.cli.common import ConfigOption, err, out, print_error
 from mcp_gateway.config import load_settings
 from mcp_gateway.errors import ConfigError
@@ -116,7 +117,10 @@ def audit_export(
     with progress_bar(err, log.last_id(), "exporting") as tick:
         rows = _ticking(log.iter_rows(cutoff, batch=5000), tick)
         if bundle is not None:
-            checkpoints = merge_checkpoints(log.checkpoints(), read_checkpoint_file(settings.checkpoint_path))
+            mirror = read_mirror(settings.checkpoint_path, log.records)
+            for _kind, message in mirror.problems:  # the bundle still verifies; what it lacks is said here
+                err.print(Text(f"warning: {message}"), soft_wrap=True)
+            checkpoints = merge_checkpoints(log.checkpoints(), mirror.checkpoints)
             with bundle.open("w", encoding="utf-8") as handle:
                 count = write_bundle(handle, rows, checkpoints, since=cutoff, key_id=None)
             err.print(f"{count} records and {len(checkpoints)} checkpoints written to {escape(str(bundle))}")
@@ -177,12 +181,14 @@ def audit_verify(
     else:
         assert loaded is not None  # noqa: S101
         log = AuditLog(loaded.database_url)
-        checkpoints = merge_checkpoints(log.checkpoints(), read_checkpoint_file(loaded.checkpoint_path))
+        mirror = read_mirror(loaded.checkpoint_path, log.records)
+        checkpoints = merge_checkpoints(log.checkpoints(), mirror.checkpoints)
         with progress_bar(err, log.last_id(), "verifying") as tick:
             report = verify_records(log.iter_rows(batch=5000), checkpoints, key, progress=tick)
-        log.close()
+        report.problems.extend(Problem(kind, None, message) for kind, message in mirror.problems)
         extra = []
-        source = "database"
+        source = f"trail {log.records.identity} (mirror {mirror.path.name})"
+        log.close()
     _print_report(report, extra, source)
     raise typer.Exit(0 if report.ok and not extra else 1)
 
