@@ -11,6 +11,8 @@ from typing import Any
 
 import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
@@ -80,8 +82,21 @@ def _exported(deployment: Deployment, fmt: str) -> list[str]:
 
 
 def _cef_fields(line: str) -> tuple[int, dict[str, str]]:
-    parts = re.split(r"(?<!\\)\|", line, maxsplit=7)
-    pairs = re.findall(r"(\w+)=((?:[^=\\]|\\.)*?)(?= \w+=|$)", parts[7])
+    """The header severity and the extension of a CEF line, escapes honoured (``\\|`` in the header, ``\\=``)."""
+    parts, current, index = [], "", 0
+    while len(parts) < 7:
+        char = line[index]
+        if char == "\\":
+            current += line[index : index + 2]
+            index += 2
+            continue
+        if char == "|":
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+        index += 1
+    pairs = re.findall(r"(\w+)=((?:[^=\\]|\\.)*?)(?= \w+=|\n?$)", line[index:])
     return int(parts[6]), dict(pairs)
 
 
@@ -185,3 +200,35 @@ def test_each_kind_of_record_gets_its_class(row: dict[str, Any], expected: str) 
     assert classify(full).name == expected
     assert json.loads(jsonl_line(full))["severity_class"] == expected
     assert _cef_fields(cef_line(full))[0] == SEVERITY[expected]
+
+
+_TEXT = st.one_of(st.none(), st.sampled_from(["", "ok", "started", "deny", "allow", "error"]), st.text(max_size=12))
+_ROWS = st.fixed_dictionaries(
+    {
+        "id": st.integers(1, 10**9),
+        "ts": st.just("2026-12-04T10:00:00.000000+00:00"),
+        "event": st.one_of(st.sampled_from(["tools/call", "tools/call.result", "breakglass.approve"]), _TEXT),
+        "decision": _TEXT,
+        "outcome": st.one_of(st.sampled_from(["dlp_blocked", "rate_limited", "unknown_tool", "cancelled"]), _TEXT),
+        "rule": st.one_of(st.just("breakglass:g-1"), _TEXT),
+        "detail": st.one_of(st.none(), st.just('{"dlp": [{"rule": "card"}]}'), st.text(max_size=20)),
+        "subject": _TEXT,
+    }
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(row=_ROWS, tampered=st.booleans())
+def test_any_record_gets_one_known_class_and_one_cef_line(row: dict[str, Any], tampered: bool) -> None:
+    kind = classify(row, tampered=tampered)
+    assert kind in SEVERITIES
+    if tampered:
+        assert kind.name == "tamper"
+    elif str(row["rule"] or "").startswith("breakglass:"):
+        assert kind.name == "breakglass"
+    line = cef_line(row, "changed" if tampered else None)
+    assert line.endswith("\n")
+    assert len(line.splitlines()) == 1
+    assert _cef_fields(line)[0] == kind.severity
+    exported = json.loads(jsonl_line(row))
+    assert {key: exported[key] for key in row} == row  # every column as stored

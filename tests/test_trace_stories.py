@@ -14,6 +14,8 @@ from typing import Any
 
 import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
@@ -148,3 +150,25 @@ def test_trace_takes_exactly_one_of_trace_request_or_change(traced: Deployment) 
     missing = runner.invoke(app, ["audit", "trace", "--request", "f" * 32, "-c", str(traced.config)])
     assert missing.exit_code == 1
     assert "no audit record carries request id" in missing.output
+
+
+_STORY_ROWS = st.lists(
+    st.tuples(st.sampled_from([None, "r1", "r2", "r3"]), st.sampled_from([None, "alice", "bob", "mallory"])),
+    max_size=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pairs=_STORY_ROWS)
+def test_stories_partition_the_rows_and_never_mix_a_request_or_a_subject(
+    pairs: list[tuple[str | None, str | None]],
+) -> None:
+    rows = [
+        {"id": index, "request_id": request, "subject": subject} for index, (request, subject) in enumerate(pairs, 1)
+    ]
+    told = tell(rows)
+    assert sorted(row["id"] for story in told.stories for row in story.rows) == [row["id"] for row in rows]
+    for story in told.stories:
+        assert len({(row["request_id"], row["subject"]) for row in story.rows}) == 1
+        assert story.request_id is not None or len(story.rows) == 1
+        assert story.foreign == (story.subject != rows[0]["subject"])
