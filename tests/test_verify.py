@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from mcp_gateway.audit.checkpoint import Checkpointer, Signer
 from mcp_gateway.audit.log import AuditEntry, AuditLog, record_hash
+from mcp_gateway.audit.mirror import mirror_path
 from mcp_gateway.cli.app import app
 from mcp_gateway.cli.audit import progress_bar
 from mcp_gateway.config import Settings, load_settings
@@ -52,6 +53,13 @@ def trail(deployment: Deployment) -> Settings:
             assert checkpointer.sign_now() is not None
     log.close()
     return settings
+
+
+def _mirror(settings: Settings) -> Path:
+    """The trail's own checkpoint mirror (audit/mirror.py)."""
+    log = AuditLog(settings.database_url)
+    log.close()
+    return mirror_path(settings.checkpoint_path, log.records.identity)
 
 
 def _db(settings: Settings) -> str:
@@ -163,7 +171,7 @@ def test_deleting_the_checkpoints_from_the_database_does_not_hide_a_rewrite(trai
 
 def test_trail_without_any_checkpoint_does_not_pass(trail: Settings) -> None:
     _sql(trail, "DELETE FROM audit_checkpoint")
-    trail.checkpoint_path.unlink()
+    _mirror(trail).unlink()
     code, output = _verify(trail)
     assert code == 1
     assert "[unsigned]" in output
@@ -172,7 +180,7 @@ def test_trail_without_any_checkpoint_does_not_pass(trail: Settings) -> None:
 def test_checkpoint_signed_by_another_key_is_refused(trail: Settings, tmp_path: Path) -> None:
     other = Signer.load_or_create(tmp_path / "other.key")
     forged = other.sign(15, "f" * 64)
-    with trail.checkpoint_path.open("a") as handle:
+    with _mirror(trail).open("a") as handle:
         handle.write(json.dumps(forged) + "\n")
     code, output = _verify(trail)
     assert code == 1

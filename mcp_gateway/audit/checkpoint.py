@@ -7,20 +7,19 @@ make one, so a re-hashed chain disagrees with the checkpoints signed before the 
 before a checkpoint's record has lost its tail.
 
 The gateway signs at start-up, every ``audit.checkpoint_interval`` seconds while the chain grows, and at
-shutdown. Each checkpoint is stored in the database and appended to ``audit.checkpoint_file`` (JSON lines):
-ship that file off the host, because whoever can delete checkpoints from both places can hide a rewrite of the
-records after the last one left.
+shutdown. Each checkpoint is stored in the database and appended to the trail's mirror, ``audit.checkpoint_file``
+keyed by the trail (JSON lines, audit/mirror.py): ship that file off the host, because whoever can delete
+checkpoints from both places can hide a rewrite of the records after the last one left.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from mcp_gateway.audit.log import AuditLog
+from mcp_gateway.audit.mirror import adopt_legacy, mirror_line, mirror_path, read_checkpoint_file
 from mcp_gateway.canonical import canonical_json
 from mcp_gateway.errors import ConfigError
 
@@ -160,22 +160,6 @@ def checkpoint_valid(checkpoint: dict[str, Any], public_key: Ed25519PublicKey) -
     return True
 
 
-def read_checkpoint_file(path: Path) -> Iterator[dict[str, Any]]:
-    """The checkpoints mirrored to ``path``; a missing file has none. Unparseable lines are yielded as-is
-    (as ``{"line": n}``) so the verifier reports them rather than skipping them."""
-    if not path.exists():
-        return
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError:
-                value = None
-            yield value if isinstance(value, dict) else {"line": number}
-
-
 def merge_checkpoints(*sources: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """The union of checkpoint sources (database, mirror file, bundle), without duplicates, by record id."""
     seen: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -194,13 +178,18 @@ def _as_int(value: Any) -> int:
 
 
 class Checkpointer:
-    """Signs the chain head into the database and the mirror file."""
+    """Signs the chain head into the database and the trail's own mirror file (audit/mirror.py).
+
+    ``mirror`` is the configured ``audit.checkpoint_file``: the file written is that name keyed by the trail.
+    """
 
     def __init__(self, log: AuditLog, signer: Signer, mirror: Path) -> None:
         self.log = log
         self.signer = signer
-        self.mirror = mirror
+        self.base = mirror
+        self.mirror = mirror_path(mirror, log.records.identity)
         self._last: tuple[int, str] | None = None
+        self._adopted = False
 
     def sign_now(self) -> dict[str, Any] | None:
         """Sign the current head if it moved since the last checkpoint; returns the checkpoint, if any.
@@ -208,6 +197,9 @@ class Checkpointer:
         Raises:
             UnavailableError: the database cannot be read or written.
         """
+        if not self._adopted:  # the one mirror from before mirrors were per trail, if it is wholly this trail's
+            adopt_legacy(self.base, self.log.records)
+            self._adopted = True
         head = self.log.head()
         if head is None or head == self._last:
             return None
@@ -215,7 +207,7 @@ class Checkpointer:
         self.log.add_checkpoint(checkpoint)
         self.mirror.parent.mkdir(parents=True, exist_ok=True)
         with self.mirror.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(checkpoint, sort_keys=True) + "\n")
+            handle.write(mirror_line(checkpoint, self.log.records.identity))
             handle.flush()
             os.fsync(handle.fileno())
         self._last = head

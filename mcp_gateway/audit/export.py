@@ -1,6 +1,8 @@
 """Audit export: JSON lines and CEF for a SIEM, and a self-contained bundle that verifies with no database.
 
-All three stream: rows are read in batches and written one line at a time.
+All three stream: rows are read in batches and written one line at a time. JSON lines and CEF carry each
+record's severity and class and its rule ids as fields a SIEM filters on (the table is audit/severity.py's,
+printed in docs/audit.md).
 
 A bundle is JSON lines: a header, the signed checkpoints, every record, and a trailer with the record count::
 
@@ -23,18 +25,24 @@ from typing import IO, Any
 
 from mcp_gateway import __version__
 from mcp_gateway.audit.checkpoint import CHECKPOINT_FIELDS
+from mcp_gateway.audit.severity import classify, rule_fields
 from mcp_gateway.errors import ConfigError
 
 __all__ = ["BUNDLE_MAGIC", "Bundle", "cef_line", "jsonl_line", "open_bundle", "printable_text", "write_bundle"]
 
 BUNDLE_MAGIC = "mcp-gateway-audit"
 
-_SEVERITY = {"allow": 3, "deny": 6, "error": 8}
 
-
-def jsonl_line(row: dict[str, Any]) -> str:
+def jsonl_line(row: dict[str, Any], tamper: str | None = None) -> str:
+    """One row as a JSON object, with its severity, its class and its rule ids as fields of their own
+    (audit/severity.py); ``tamper`` is what the export found wrong with the row, if anything."""
+    kind = classify(row, tampered=tamper is not None)
+    fields = {"severity": kind.severity, "severity_class": kind.name, **rule_fields(row)}
+    if tamper is not None:
+        fields["tamper"] = tamper
+    # The row's own columns win over nothing: the added names are not audit columns, so none is shadowed.
     # ASCII-only: U+2028, U+0085 and friends are line breaks to some JSON-lines readers.
-    return json.dumps(row, sort_keys=True, ensure_ascii=True) + "\n"
+    return json.dumps({**fields, **row}, sort_keys=True, ensure_ascii=True) + "\n"
 
 
 def _cef_header(value: Any) -> str:
@@ -54,11 +62,18 @@ def printable_text(text: str) -> str:
     return "".join(char if char.isprintable() else ascii(char)[1:-1] for char in text)
 
 
-def cef_line(row: dict[str, Any]) -> str:
+def cef_line(row: dict[str, Any], tamper: str | None = None) -> str:
     """One row in ArcSight Common Event Format (CEF:0). Header pipes and extension ``=`` are escaped, and no
-    caller-supplied text can start a new line."""
+    caller-supplied text can start a new line.
+
+    The header's severity is the row's class's (audit/severity.py), the class is ``cat``, and the rule ids are
+    extension keys of their own: ``flexString1`` the policy rule, ``flexString2`` the DLP rule ids (comma
+    separated), ``reason`` the deciding rule as recorded (``breakglass:ID`` for a grant). ``tamper`` is what
+    the export found wrong with the row (``msg``), if anything."""
     decision = str(row.get("decision") or "")
     timestamp = datetime.fromisoformat(str(row["ts"]))
+    kind = classify(row, tampered=tamper is not None)
+    rules = rule_fields(row)
     extensions = {
         "rt": int(timestamp.timestamp() * 1000),
         "externalId": row.get("id"),
@@ -81,6 +96,12 @@ def cef_line(row: dict[str, Any]) -> str:
         "cs6": row.get("hash"),
         "cn1Label": "latencyMs",
         "cn1": row.get("latency_ms"),
+        "cat": kind.name,
+        "flexString1Label": "policyRule",
+        "flexString1": rules["policy_rule"],
+        "flexString2Label": "dlpRules",
+        "flexString2": ",".join(rules["dlp_rules"]) or None,
+        "msg": f"tamper: {tamper}" if tamper is not None else None,
     }
     extension = " ".join(
         f"{key}={_cef_value(value)}"
@@ -96,7 +117,7 @@ def cef_line(row: dict[str, Any]) -> str:
             __version__,
             row.get("event"),
             f"{row.get('event')} {decision}",
-            _SEVERITY.get(decision, 5),
+            kind.severity,
         )
     )
     return f"{header}|{extension}\n"

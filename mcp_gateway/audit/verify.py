@@ -19,6 +19,9 @@ kind                      meaning
 ``missing``               a record that a checkpoint covers is not in the trail
 ``bad-checkpoint``        a checkpoint's signature does not verify with the given public key
 ``unsigned``              no valid checkpoint covers any record, so a rewrite cannot be ruled out
+``legacy-mirror``         the unkeyed mirror from before mirrors were per trail holds checkpoints this trail
+                          does not match: another trail's, or a rewrite's (audit/mirror.py; added by the CLI)
+``foreign-mirror``        this trail's mirror holds a checkpoint naming another trail (added by the CLI)
 ========================  ================================================================================
 """
 

@@ -2,8 +2,9 @@
 
 ``tail`` and ``export`` read the trail (``export --bundle`` writes a file that ``verify --bundle`` checks with no
 database at all). ``verify`` checks every record and every signed checkpoint, streamed (flat memory on any
-size), and names the first bad record; it exits 0 only when everything is intact. ``trace TRACE_ID`` prints
-everything the trail holds about one call; ``trace --change ID`` does the same for a configuration change.
+size), and names the first bad record; it exits 0 only when everything is intact. ``trace TRACE_ID`` tells the
+story of every call under a trace id, one call each (audit/story.py), marking calls by other subjects than the
+trace's first caller; ``trace --request ID`` tells one call's, ``trace --change ID`` a configuration change's.
 """
 
 from __future__ import annotations
@@ -24,10 +25,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from mcp_gateway.audit.checkpoint import Checkpointer, Signer, load_public_key, merge_checkpoints, read_checkpoint_file
+from mcp_gateway.audit.checkpoint import Checkpointer, Signer, load_public_key, merge_checkpoints
 from mcp_gateway.audit.export import cef_line, jsonl_line, open_bundle, printable_text, write_bundle
 from mcp_gateway.audit.log import AuditLog, record_hash
-from mcp_gateway.audit.verify import VerifyReport, verify_records
+from mcp_gateway.audit.mirror import read_mirror
+from mcp_gateway.audit.severity import TamperWatch
+from mcp_gateway.audit.story import TraceStories, row_detail, tell
+from mcp_gateway.audit.verify import Problem, VerifyReport, verify_records
 from mcp_gateway.cli.common import ConfigOption, err, out, print_error
 from mcp_gateway.config import load_settings
 from mcp_gateway.errors import ConfigError
@@ -106,22 +110,26 @@ def audit_export(
     ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Every audit row as JSON lines or CEF, streamed, for a SIEM; or a verifiable bundle with --bundle."""
+    """Every audit row as JSON lines or CEF with its severity, streamed, for a SIEM; or a bundle with --bundle."""
     cutoff = _utc(since) if since is not None else None
     settings = load_settings(config)
     log = AuditLog(settings.database_url)
     with progress_bar(err, log.last_id(), "exporting") as tick:
         rows = _ticking(log.iter_rows(cutoff, batch=5000), tick)
         if bundle is not None:
-            checkpoints = merge_checkpoints(log.checkpoints(), read_checkpoint_file(settings.checkpoint_path))
+            mirror = read_mirror(settings.checkpoint_path, log.records)
+            for _kind, message in mirror.problems:  # the bundle still verifies; what it lacks is said here
+                err.print(Text(f"warning: {message}"), soft_wrap=True)
+            checkpoints = merge_checkpoints(log.checkpoints(), mirror.checkpoints)
             with bundle.open("w", encoding="utf-8") as handle:
                 count = write_bundle(handle, rows, checkpoints, since=cutoff, key_id=None)
             err.print(f"{count} records and {len(checkpoints)} checkpoints written to {escape(str(bundle))}")
         else:
             line = cef_line if output is ExportFormat.cef else jsonl_line
             write = sys.stdout.write
+            watch = TamperWatch(partial=cutoff is not None)  # each row re-hashed on the way out: tamper is loudest
             for row in rows:
-                write(line(row))
+                write(line(row, watch.check(row)))
     log.close()
 
 
@@ -173,12 +181,14 @@ def audit_verify(
     else:
         assert loaded is not None  # noqa: S101
         log = AuditLog(loaded.database_url)
-        checkpoints = merge_checkpoints(log.checkpoints(), read_checkpoint_file(loaded.checkpoint_path))
+        mirror = read_mirror(loaded.checkpoint_path, log.records)
+        checkpoints = merge_checkpoints(log.checkpoints(), mirror.checkpoints)
         with progress_bar(err, log.last_id(), "verifying") as tick:
             report = verify_records(log.iter_rows(batch=5000), checkpoints, key, progress=tick)
-        log.close()
+        report.problems.extend(Problem(kind, None, message) for kind, message in mirror.problems)
         extra = []
-        source = "database"
+        source = f"trail {log.records.identity} (mirror {mirror.path.name})"
+        log.close()
     _print_report(report, extra, source)
     raise typer.Exit(0 if report.ok and not extra else 1)
 
@@ -206,13 +216,14 @@ def audit_checkpoint(config: ConfigOption = None) -> None:
 
 @audit_app.command("trace")
 def audit_trace(
-    trace_id: Annotated[str | None, typer.Argument(help="The 32-hex-digit trace id of a call.")] = None,
+    trace_id: Annotated[str | None, typer.Argument(help="The 32-hex-digit trace id of a call or an agent run.")] = None,
+    request: Annotated[str | None, typer.Option("--request", help="One call's request id.")] = None,
     change: Annotated[int | None, typer.Option("--change", help="A config-change record's id.")] = None,
     config: ConfigOption = None,
 ) -> None:
-    """The whole story of one call (by trace id) or one configuration change (by record id)."""
-    if (trace_id is None) == (change is None):
-        raise ConfigError("give either a TRACE_ID or --change ID")
+    """The story of every call under a trace id, of one call (--request), or of one configuration change."""
+    if [trace_id, request, change].count(None) != 2:
+        raise ConfigError("give exactly one of TRACE_ID, --request ID or --change ID")
     log = AuditLog(load_settings(config).database_url)
     # Finding nothing is the command's answer, not an error: it exits 1, as grep does, naming what it looked for.
     try:
@@ -222,13 +233,19 @@ def audit_trace(
                 print_error(f"record {change} is not a configuration change")
                 raise typer.Exit(1)
             _print_change(row)
+        elif request is not None:
+            rows = log.by_request(request.strip().lower())
+            if not rows:
+                print_error(f"no audit record carries request id {request}")
+                raise typer.Exit(1)
+            _print_stories(f"request {request.strip().lower()}", tell(rows))
         else:
             assert trace_id is not None  # noqa: S101
             rows = log.by_trace(trace_id.strip().lower())
             if not rows:
                 print_error(f"no audit record carries trace id {trace_id}")
                 raise typer.Exit(1)
-            _print_story(trace_id, rows)
+            _print_stories(f"trace {trace_id.strip().lower()}", tell(rows))
     finally:
         log.close()
 
@@ -256,14 +273,6 @@ def _print_report(report: VerifyReport, extra: list[str], source: str) -> None:
         say(Text(f"  bundle: {message}"))
 
 
-def _detail(row: dict[str, Any]) -> dict[str, Any]:
-    try:
-        value = json.loads(row["detail"]) if row.get("detail") else {}
-    except json.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def _pairs(rows: Iterable[tuple[str, Any]]) -> Iterator[tuple[Text, Text]]:
     for key, value in rows:
         if value not in (None, "", [], {}):
@@ -273,31 +282,33 @@ def _pairs(rows: Iterable[tuple[str, Any]]) -> Iterator[tuple[Text, Text]]:
             )
 
 
-def _print_story(trace_id: str, rows: list[dict[str, Any]]) -> None:
-    first, last = rows[0], rows[-1]
-    details = [_detail(row) for row in rows]
-    error = next((d["error"] for d in details if "error" in d), None)
-    backend = next((d["backend"] for d in details if "backend" in d), None)
-    table = Table(show_header=False, title=f"trace {trace_id}", title_justify="left", expand=False)
-    roles = json.loads(first["roles"]) if first.get("roles") else []
-    for key, value in _pairs(
-        [
-            ("identity", f"{first['subject'] or '(unauthenticated)'}  roles {', '.join(roles) or '-'}"),
-            ("catalog", first["catalog"]),
-            ("tool", f"{first['tool']}  definition {str(first['tool_digest'] or '')[:16]}"),
-            ("decision", f"{first['decision']} by {first['rule']}"),
-            ("policy version", first["policy_version"]),
-            ("limits", f"arguments accepted, sha256 {first['args_digest']}" if first["args_digest"] else None),
-            ("backend request", backend),
-            ("result", f"{last['outcome']}" + (f"  ({error})" if error else "")),
-            ("latency", f"{last['latency_ms']} ms" if last["latency_ms"] is not None else None),
-            ("request id", first["request_id"]),
-            ("span ids", sorted({d["span_id"] for d in details if "span_id" in d})),
-        ]
-    ):
-        table.add_row(key, value)
-    out.print(table)
-    _print_records(rows)
+def _print_stories(what: str, told: TraceStories) -> None:
+    """One table per call. Several subjects under one id are said up front, and every call by a subject other
+    than the first caller is headed as foreign: trace ids are the caller's choice, so it is not their story."""
+    stories, subjects = told.stories, told.subjects
+    names = ", ".join(printable_text(subject or "(unauthenticated)") for subject in subjects)
+    out.print(Text(f"{what}: {len(stories)} call{'s' if len(stories) != 1 else ''}, subjects {names}"), soft_wrap=True)
+    if len(subjects) > 1:
+        first = printable_text(told.first_subject or "(unauthenticated)")
+        out.print(
+            Text(
+                f"WARNING: this trace spans {len(subjects)} subjects. Callers choose trace ids: the "
+                f"{len(told.foreign)} call(s) not by {first}, its first caller, are marked foreign subject.",
+                "bold yellow",
+            ),
+            soft_wrap=True,
+        )
+    for number, story in enumerate(stories, 1):
+        heading = Text(f"call {number} of {len(stories)}", "bold")
+        if story.foreign:
+            subject = printable_text(story.subject or "(unauthenticated)")
+            heading.append(f"  FOREIGN SUBJECT {subject}: not the trace's first caller", "bold red")
+        out.print(heading, soft_wrap=True)  # a heading, not a table title: a title would wrap at the table's width
+        table = Table(show_header=False, expand=False)
+        for key, value in _pairs(story.facts()):
+            table.add_row(key, value)
+        out.print(table)
+        _print_records(list(story.rows))
 
 
 def _print_records(rows: list[dict[str, Any]]) -> None:
@@ -312,7 +323,7 @@ def _print_records(rows: list[dict[str, Any]]) -> None:
 
 
 def _print_change(row: dict[str, Any]) -> None:
-    detail = _detail(row)
+    detail = row_detail(row)
     table = Table(show_header=False, title=f"configuration change {row['id']}", title_justify="left")
     summary = {key: value for key, value in detail.items() if key not in ("old_digest", "new_digest", "span_id")}
     for key, value in _pairs(

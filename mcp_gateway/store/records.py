@@ -6,10 +6,11 @@ as plain dicts with the stored values, which is what verification re-hashes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import URL, Engine, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql import Select
 
@@ -19,9 +20,24 @@ from mcp_gateway.store.tables import CHECKPOINT_TABLE as _CHECKPOINTS
 from mcp_gateway.store.tables import PROBE_TABLE
 from mcp_gateway.store.tables import RECORD_TABLE as _RECORDS
 
-__all__ = ["AuditRecords", "open_trail"]
+__all__ = ["AuditRecords", "open_trail", "trail_identity"]
 
 _CHECKPOINT_FIELDS = tuple(column.name for column in _CHECKPOINTS.columns if column.name != "id")
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
+
+
+def trail_identity(url: URL) -> str:
+    """Which database a trail is, stably, with no secret in it: ``sqlite:`` and the file's resolved absolute path,
+    or ``backend://host:port/database`` (host lowercased, the default port spelt out, user, password, driver and
+    options left out), so two spellings of one database are one trail and two databases never are."""
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        database = url.database or ""
+        if database in ("", ":memory:") or url.query.get("mode") == "memory":
+            return "sqlite::memory:"
+        return "sqlite:" + str(Path(database.removeprefix("file:")).resolve())
+    port = url.port or _DEFAULT_PORTS.get(backend, 0)
+    return f"{backend}://{(url.host or '').lower()}:{port}/{url.database or ''}"
 
 
 def open_trail(database_url: str, durability: Durability) -> Engine:
@@ -41,6 +57,7 @@ class AuditRecords:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._ping = select(1)
+        self.identity = trail_identity(engine.url)  # names the trail's checkpoint mirror (audit/mirror.py)
 
     def _rows(self, query: Select[Any]) -> list[dict[str, Any]]:
         with self._engine.connect() as connection:
@@ -81,6 +98,24 @@ class AuditRecords:
     def by_request(self, request_id: str) -> list[dict[str, Any]]:
         """The rows of one request id, in chain order."""
         return self._rows(select(_RECORDS).where(_RECORDS.c.request_id == request_id).order_by(_RECORDS.c.id))
+
+    def hashes_at(self, record_ids: Iterable[int]) -> dict[int, str]:
+        """The stored hash of each of ``record_ids`` that exists, read in chunks.
+
+        Raises:
+            UnavailableError: the trail cannot be read.
+        """
+        wanted = sorted(set(record_ids))
+        found: dict[int, str] = {}
+        try:
+            with self._engine.connect() as connection:
+                for start in range(0, len(wanted), 500):
+                    chunk = wanted[start : start + 500]
+                    query = select(_RECORDS.c.id, _RECORDS.c.hash).where(_RECORDS.c.id.in_(chunk))
+                    found.update((int(row[0]), str(row[1])) for row in connection.execute(query))
+        except SQLAlchemyError as exc:
+            raise UnavailableError(f"audit database unavailable: {type(exc).__name__}") from exc
+        return found
 
     def tail(self, count: int) -> list[dict[str, Any]]:
         """The last ``count`` rows, oldest first."""
