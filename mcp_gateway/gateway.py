@@ -158,6 +158,8 @@ class Gateway:
         """Tools shown because of an active break-glass grant, beyond what the policy shows."""
         if self.breakglass is None or principal.catalog not in self.settings.breakglass.catalogs:
             return ()
+        if not self.breakglass.may_use(principal):
+            return ()
         granted = self.breakglass.granted_tools(principal.subject, principal.catalog)
         if not granted:
             return ()
@@ -223,7 +225,7 @@ class Gateway:
         # bounded audited form, so a megabyte name costs no more than any other.
         checked = audited_name(name)
         decision = snapshot.decide(principal.subject, principal.roles, principal.catalog, checked)
-        grant = None if tool is not None and decision.allowed else self._grant_for(principal, checked)
+        grant = None if tool is not None and decision.allowed else self._grant_for(call, principal, checked)
         call.timer.mark("policy")
         if tool is None:
             entry.rule = "unknown-tool"
@@ -237,10 +239,15 @@ class Gateway:
         entry.decision = "allow"
         return tool
 
-    def _grant_for(self, principal: Principal, name: str) -> str | None:
+    def _grant_for(self, call: CallRecord, principal: Principal, name: str) -> str | None:
         if self.breakglass is None or principal.catalog not in self.settings.breakglass.catalogs:
             return None
-        return self.breakglass.active_grant(principal.subject, principal.catalog, name)
+        grant = self.breakglass.active_grant(principal.subject, principal.catalog, name)
+        if grant is not None and not self.breakglass.may_use(principal):
+            # The grant's holder is refused as if there were none; the row says why (breakglass.use_requires_mfa).
+            call.add_detail(breakglass_refused=f"grant {grant}: the calling token proves no second factor")
+            return None
+        return grant
 
     async def _limit(
         self, call: CallRecord, principal: Principal, tool: ToolSpec, arguments: Mapping[str, Any]
@@ -265,7 +272,7 @@ class Gateway:
             if self.breakglass is None:
                 raise UnavailableError(f"{tool.name} requires approval but no approval store is configured")
             version = call.entry.policy_version or ""
-            call.add_detail(approval=self.breakglass.claim_call(principal, tool.name, digest, version))
+            call.add_detail(approval=self.breakglass.claim_call(principal, tool.name, digest, version, arguments))
             call.timer.mark("approval")
         return forwarded
 

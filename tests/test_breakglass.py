@@ -93,7 +93,9 @@ def test_nobody_approves_their_own_request_and_approvers_need_the_role_and_mfa(
     for why, token in refusals.items():
         result = cli(deployment, "breakglass", "approve", grant, "--token-file", token)
         assert result.exit_code == 1, why
-    listed = cli(deployment, "breakglass", "list", "--token-file", refusals["no role"])
+    # Listing grants needs a reviewer or approver role.
+    assert cli(deployment, "breakglass", "list", "--token-file", refusals["no role"]).exit_code == 1
+    listed = cli(deployment, "breakglass", "list", "--token-file", tokens.file("rita", ("breakglass-reviewer",)))
     assert "pending" in listed.output
     approved = cli(
         deployment, "breakglass", "approve", grant, "--token-file", tokens.file("dave", ("breakglass-approver",))
@@ -151,7 +153,7 @@ async def test_a_grant_never_switches_off_rate_limits_or_dlp(
     for tool in ("hr.salary_lookup", "tickets.create"):
         grant = request(deployment, tokens.file("bob", ("nobody",)), tool=tool)
         cli(deployment, "breakglass", "approve", grant, "--token-file", tokens.file("dave", ("breakglass-approver",)))
-    nobody = Principal("bob", ("nobody",), "internal", (), None, "test", 2**40)
+    nobody = Principal("bob", ("nobody",), "internal", ("otp",), None, "test", 2**40)  # a grant's use needs MFA
     assert not (await gateway.call_tool(nobody, "hr.salary_lookup", {"employee_id": "e-7"}, "a")).is_error
     limited = await gateway.call_tool(nobody, "hr.salary_lookup", {"employee_id": "e-7"}, "b")
     assert error(limited)["code"] == "rate_limited"

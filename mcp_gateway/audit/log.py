@@ -197,9 +197,17 @@ class AuditLog:
         Raises:
             UnavailableError: the row could not be committed. The caller must refuse the call.
         """
+        return self.record_at(entry)[1]
+
+    def record_at(self, entry: AuditEntry) -> tuple[int, str]:
+        """:meth:`record`, returning the row's id (its place in the chain) with its hash, for rows that name it.
+
+        Raises:
+            UnavailableError: the row could not be committed. The caller must refuse the call.
+        """
         row = row_of(entry)
         self._commit_rows([row])
-        return str(row["hash"])
+        return int(row["id"]), str(row["hash"])
 
     async def append(self, entry: AuditEntry) -> str:
         """Append one row; returns its hash once the row is committed (group commit, see the module docstring).

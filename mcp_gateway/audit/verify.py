@@ -22,6 +22,7 @@ kind                      meaning
 ``legacy-mirror``         the unkeyed mirror from before mirrors were per trail holds checkpoints this trail
                           does not match: another trail's, or a rewrite's (audit/mirror.py; added by the CLI)
 ``foreign-mirror``        this trail's mirror holds a checkpoint naming another trail (added by the CLI)
+``unrecorded-grant``      a grant (or ``-approval``: held call) row matching no chain record (audit/grantcheck.py)
 ========================  ================================================================================
 """
 
@@ -76,11 +77,13 @@ def verify_records(
     partial: bool = False,
     progress: Callable[[int], None] | None = None,
     max_problems: int = 20,
+    grants: Callable[[], Iterable[Problem]] | None = None,
 ) -> VerifyReport:
     """Check ``rows`` (in chain order) against themselves and against ``checkpoints``.
 
     ``partial`` accepts a first record that does not start at the genesis hash (an export made with
-    ``--since``); checkpoints before the first record are then out of scope.
+    ``--since``); checkpoints before the first record are then out of scope. ``grants`` (a database's
+    ``GrantCheck(url).problems``) adds the grant and held-call rows that match no chain record.
     """
     report = VerifyReport()
 
@@ -165,6 +168,8 @@ def verify_records(
     report.last_id = previous_id
     report.unsigned_tail = since_good
     _check_coverage(report, signed, compared, problem, partial)
+    for found in grants() if grants is not None else ():
+        problem(found.kind, found.record_id, found.message)
     return report
 
 

@@ -27,6 +27,7 @@ from rich.text import Text
 
 from mcp_gateway.audit.checkpoint import Checkpointer, Signer, load_public_key, merge_checkpoints
 from mcp_gateway.audit.export import cef_line, jsonl_line, open_bundle, printable_text, write_bundle
+from mcp_gateway.audit.grantcheck import GrantCheck
 from mcp_gateway.audit.log import AuditLog, record_hash
 from mcp_gateway.audit.mirror import read_mirror
 from mcp_gateway.audit.severity import TamperWatch
@@ -184,7 +185,9 @@ def audit_verify(
         mirror = read_mirror(loaded.checkpoint_path, log.records)
         checkpoints = merge_checkpoints(log.checkpoints(), mirror.checkpoints)
         with progress_bar(err, log.last_id(), "verifying") as tick:
-            report = verify_records(log.iter_rows(batch=5000), checkpoints, key, progress=tick)
+            # The grant and held-call tables against the chain too: a row no chain record backs is reported.
+            grants = GrantCheck(loaded.database_url).problems
+            report = verify_records(log.iter_rows(batch=5000), checkpoints, key, progress=tick, grants=grants)
         report.problems.extend(Problem(kind, None, message) for kind, message in mirror.problems)
         extra = []
         source = f"trail {log.records.identity} (mirror {mirror.path.name})"
@@ -229,7 +232,7 @@ def audit_trace(
     try:
         if change is not None:
             row = log.by_id(change)
-            if row is None or not str(row["event"]).startswith(("policy.", "catalog.", "models.")):
+            if row is None or not str(row["event"]).startswith(("policy.", "catalog.", "models.", "config.")):
                 print_error(f"record {change} is not a configuration change")
                 raise typer.Exit(1)
             _print_change(row)

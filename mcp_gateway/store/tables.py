@@ -75,6 +75,10 @@ class _Request(SQLModel):
     status: str
     approver: str | None = None
     approved_at: float | None = None
+    # The chain record of the row's latest change, and the digest of the state it set (see grantchain.py): a row
+    # without them, or whose fields no longer hash to them, is not honoured.
+    chain_seq: int | None = None
+    chain_digest: str | None = None
 
 
 class BreakGlassGrant(_Request, table=True):
@@ -99,6 +103,8 @@ class HeldCall(_Request, table=True):
     policy_version: str
     expires_at: float
     used_at: float | None = None
+    # The arguments as the approver sees them: redacted by the DLP rules, never the raw values.
+    redacted_args: str | None = None
 
 
 class WriteProbe(SQLModel, table=True):
