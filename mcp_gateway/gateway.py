@@ -45,6 +45,8 @@ from mcp_gateway.errors import (
     to_call_result,
     to_mcp_error,
 )
+from mcp_gateway.federation import Federation, merged_catalogs
+from mcp_gateway.federation.watchers import ToolWatchers
 from mcp_gateway.identity import Principal
 from mcp_gateway.policy import PolicyEngine, PolicySnapshot
 from mcp_gateway.ratelimit import RateLimiter
@@ -55,6 +57,10 @@ __all__ = ["Gateway"]
 logger = logging.getLogger(__name__)
 
 _VISIBLE_CACHE_SIZE = 4096
+
+
+async def _send_list_changed(connection: Any) -> None:
+    await connection.outbound.notify("notifications/tools/list_changed", None)
 
 
 class Gateway:
@@ -83,13 +89,47 @@ class Gateway:
         self._visible: dict[tuple[Any, ...], tuple[types.Tool, ...]] = {}
         self.limiter = limiter if limiter is not None else RateLimiter()
         self.breakglass = breakglass
+        self.federation: Federation | None = None
+        self._merged: tuple[CatalogSet, str, CatalogSet] | None = None
+        self.watchers = ToolWatchers(_send_list_changed)
 
     @property
     def catalogs(self) -> CatalogSet:
+        """The loaded catalogs, with the federation's pinned upstream tools laid over them."""
+        base, federation = self._config.catalogs, self.federation
+        if federation is None:
+            return base
+        merged = self._merged
+        if merged is None or merged[0] is not base or merged[1] != federation.version:
+            merged = self._merged = (
+                base,
+                federation.version,
+                merged_catalogs(base, federation.tools(), federation.version),
+            )
+        return merged[2]
+
+    @property
+    def loaded_catalogs(self) -> CatalogSet:
+        """The catalogs as loaded from their files, without federated tools."""
         return self._config.catalogs
+
+    def attach_federation(self, federation: Federation) -> None:
+        """Publish ``federation``'s tools; when they change, clients whose view changed are told."""
+        self.federation = federation
+        federation.on_change = self._tools_changed
+
+    async def _tools_changed(self) -> None:
+        self._visible.clear()
+        await self.watchers.changed(lambda principal: self.visible_names(principal))
+
+    def visible_names(self, principal: Principal) -> tuple[str, ...]:
+        """The names of the tools ``principal`` would list now (grants included)."""
+        return tuple(tool.name for tool in self.visible_tools(principal) + self._granted(principal))
 
     async def aclose(self) -> None:
         """Close the backends' connection pools and the break-glass store (the audit trail is closed by its owner)."""
+        if self.federation is not None:
+            await self.federation.aclose()
         await self.backends.aclose()
         if self.breakglass is not None:
             self.breakglass.close()
@@ -107,6 +147,10 @@ class Gateway:
         if report.policy_changed or report.catalogs_changed:
             self._visible.clear()
         return report
+
+    def upstreams(self) -> dict[str, dict[str, Any]]:
+        """Each upstream server's state (readyz): its tools are listed only while it is up."""
+        return self.federation.status() if self.federation is not None else {}
 
     # -- tools/list ---------------------------------------------------------------------------------------
 
@@ -153,6 +197,10 @@ class Gateway:
         except GatewayError as exc:
             raise to_mcp_error(exc, request_id) from exc
         return list(tools)
+
+    def watch(self, connection: object, principal: Principal, tools: list[types.Tool]) -> None:
+        """Remember what ``connection``'s client listed, to tell it when that changes."""
+        self.watchers.watch(connection, principal, tuple(tool.name for tool in tools))
 
     def _granted(self, principal: Principal) -> tuple[types.Tool, ...]:
         """Tools shown because of an active break-glass grant, beyond what the policy shows."""

@@ -12,10 +12,12 @@ from mcp_gateway.audit.checkpoint import Checkpointer, Signer
 from mcp_gateway.audit.log import AuditEntry, AuditLog, new_request_id
 from mcp_gateway.backends import Backend, Backends
 from mcp_gateway.backends.http import HttpUpstream
+from mcp_gateway.backends.upstream import UpstreamBackend
 from mcp_gateway.breakglass import BreakGlass
 from mcp_gateway.config import Settings
 from mcp_gateway.configfile import startup_detail
 from mcp_gateway.egress import guarded_get
+from mcp_gateway.federation import Federation
 from mcp_gateway.gateway import Gateway
 from mcp_gateway.identity import JwtVerifier, load_jwks
 from mcp_gateway.policy import PolicyEngine
@@ -65,7 +67,12 @@ def build_gateway(settings: Settings) -> Gateway:
         write_timeout=settings.audit.write_timeout,
     )
     breakglass = BreakGlass(settings.database_url, settings.breakglass, audit)
-    gateway = Gateway(settings, audit=audit, policy=policy, backends=build_backends(settings), breakglass=breakglass)
+    backends = build_backends(settings)
+    gateway = Gateway(settings, audit=audit, policy=policy, backends=backends, breakglass=breakglass)
+    # Upstream MCP servers: sessions open once serving starts (transports.background.federating).
+    federation = Federation(settings.catalogs_dir, settings.egress, audit)
+    gateway.attach_federation(federation)
+    backends.use("upstream", UpstreamBackend(federation))
     with tracer.start_as_current_span("gateway.start"):
         audit.record(
             AuditEntry(

@@ -15,6 +15,7 @@ from mcp_gateway.catalog.loader import (
     catalog_fingerprint,
     load_catalogs,
 )
+from mcp_gateway.catalog.servers import SERVER_NAME, ServerSpec, UpstreamToolBackend
 from mcp_gateway.catalog.specs import MODEL_PARAMETERS, HttpBackend, ModelBackend
 
 __all__ = [
@@ -22,11 +23,14 @@ __all__ = [
     "MODEL_PARAMETERS",
     "PARTNER_CATALOGS",
     "RESERVED_FILES",
+    "SERVER_NAME",
     "TOOL_NAME",
     "CatalogSet",
     "HttpBackend",
     "ModelBackend",
+    "ServerSpec",
     "ToolSpec",
+    "UpstreamToolBackend",
     "catalog_fingerprint",
     "load_catalogs",
 ]

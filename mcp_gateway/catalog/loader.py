@@ -20,6 +20,7 @@ import mcp_types as types
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from mcp_gateway.canonical import digest as canonical_digest
+from mcp_gateway.catalog.servers import ServerSpec, UpstreamToolBackend
 from mcp_gateway.catalog.specs import HttpBackend, ModelBackend, SpecModel
 from mcp_gateway.config import EgressSettings, read_yaml_file
 from mcp_gateway.dlp import Action
@@ -135,7 +136,10 @@ class _ToolModel(SpecModel):
 class _CatalogFile(SpecModel):
     rate_limit: str | None = Field(default=None, description="Default per subject and tool, e.g. 60/minute.")
     dlp: Action | None = Field(default=None, description="Default DLP action; partner catalogs default to block.")
-    tools: list[_ToolModel] = Field(description="The catalog's tools.")
+    tools: list[_ToolModel] = Field(default_factory=list, description="The catalog's tools.")
+    servers: list[ServerSpec] = Field(
+        default_factory=list, description="Upstream MCP servers whose (pinned) tools appear as <server>.<tool>."
+    )
 
     _rate = field_validator("rate_limit")(_check_rate)
 
@@ -147,7 +151,7 @@ class ToolSpec:
     name: str
     catalog: str
     definition: types.Tool
-    backend: HttpBackend | ModelBackend
+    backend: HttpBackend | ModelBackend | UpstreamToolBackend
     digest: str
     validator: jsonschema.protocols.Validator = field(repr=False)
     rate_limit: RateSpec | None = None
@@ -163,6 +167,8 @@ class CatalogSet:
     catalogs: Mapping[str, Mapping[str, ToolSpec]]
     version: str
     models: Inventory = field(default_factory=Inventory)
+    # Each catalog's upstream MCP servers, by name (their tools are added by mcp_gateway.federation).
+    servers: Mapping[str, Mapping[str, ServerSpec]] = field(default_factory=dict)
 
     def lookup(self, catalog: str, name: str) -> ToolSpec | None:
         return self.catalogs.get(catalog, {}).get(name)
@@ -230,6 +236,7 @@ def load_catalogs(catalogs_dir: Path, egress: EgressSettings) -> CatalogSet:
     if not catalogs_dir.is_dir():
         raise ConfigError(f"catalogs_dir: {catalogs_dir} is not a folder")
     catalogs: dict[str, dict[str, ToolSpec]] = {}
+    servers: dict[str, dict[str, ServerSpec]] = {}
     digests: dict[str, str] = {}
     misnamed = sorted(path.name for path in catalogs_dir.glob("*.yml"))
     if misnamed:
@@ -259,12 +266,37 @@ def load_catalogs(catalogs_dir: Path, egress: EgressSettings) -> CatalogSet:
                 model = model.model_copy(update={"backend": backend})
             tools[model.name] = _tool_spec(name, model, parsed)
         catalogs[name] = tools
+        servers[name] = _servers(path, parsed.servers, tools, egress)
         digests[name] = hashlib.sha256(raw).hexdigest()
     if not catalogs:
         raise ConfigError(f"catalogs_dir: {catalogs_dir} holds no catalog (*.yaml)")
     if inventory.digest:
         digests[INVENTORY_FILE] = inventory.digest
-    return CatalogSet(catalogs=catalogs, version=canonical_digest(digests), models=inventory)
+    return CatalogSet(catalogs=catalogs, version=canonical_digest(digests), models=inventory, servers=servers)
+
+
+def _servers(
+    path: Path, specs: list[ServerSpec], tools: Mapping[str, ToolSpec], egress: EgressSettings
+) -> dict[str, ServerSpec]:
+    """A catalog's servers by name, checked against each other, its tools and the egress allowlist; relative
+    paths resolved against the catalog file."""
+    servers: dict[str, ServerSpec] = {}
+    for index, spec in enumerate(specs):
+        where = f"{path}: servers.{index}"
+        if spec.name in servers:
+            raise ConfigError(f"{where}.name: {spec.name!r} is defined twice")
+        clash = sorted(name for name in tools if name.startswith(spec.name + "."))
+        if clash:
+            raise ConfigError(f"{where}.name: {spec.name!r} would shadow the catalog's own tools {clash}")
+        if spec.url is not None and not egress.permits(spec.url):
+            raise ConfigError(f"{where}.url: {spec.url!r} is not on egress.allow")
+        update: dict[str, Any] = {}
+        for key in ("credential_file", "cwd"):
+            value = getattr(spec, key)
+            if value is not None and not value.is_absolute():
+                update[key] = path.parent / value
+        servers[spec.name] = spec.model_copy(update=update) if update else spec
+    return servers
 
 
 def _describe(exc: ValidationError) -> str:

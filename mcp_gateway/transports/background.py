@@ -17,7 +17,7 @@ from mcp_gateway.audit.checkpoint import Checkpointer
 from mcp_gateway.errors import GatewayError
 from mcp_gateway.gateway import Gateway
 
-__all__ = ["checkpointing", "reloading"]
+__all__ = ["checkpointing", "federating", "reloading"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,3 +69,30 @@ async def checkpointing(checkpointer: Checkpointer | None, interval: float) -> A
             checkpointer.sign_now()
         except (GatewayError, OSError) as exc:
             logger.error("shutdown checkpoint failed: %s", exc)
+
+
+@contextlib.asynccontextmanager
+async def federating(gateway: Gateway) -> AsyncIterator[None]:
+    """Keep the upstream MCP sessions up while serving, following catalog reloads and edited pin files."""
+    federation = gateway.federation
+    if federation is None:
+        yield
+        return
+    async with anyio.create_task_group() as group:
+        await federation.start(group, gateway.loaded_catalogs)
+
+        async def follow() -> None:
+            seen = (gateway.loaded_catalogs.version, federation.pins_fingerprint())
+            while True:
+                await anyio.sleep(gateway.settings.policy_reload_interval)
+                now = (gateway.loaded_catalogs.version, federation.pins_fingerprint())
+                if now != seen:
+                    seen = now
+                    await federation.sync(gateway.loaded_catalogs)
+
+        group.start_soon(follow)
+        try:
+            yield
+        finally:
+            await federation.aclose()
+            group.cancel_scope.cancel()

@@ -37,12 +37,17 @@ def build_server(gateway: Gateway, principal: PrincipalSource) -> Server[Any]:
         request_id = new_request_id()
         caller = await _authenticate(gateway, principal, request_id, "tools/list")
         try:
-            return types.ListToolsResult(tools=await gateway.list_tools(caller, request_id))
+            tools = await gateway.list_tools(caller, request_id)
         except MCPError:
             raise
         except Exception as exc:
             logger.exception("internal error in tools/list (request %s)", request_id)
             raise _internal_error(request_id) from exc
+        # The connection, not the per-request session proxy: list_changed goes out on the connection's channel.
+        connection = getattr(ctx.session, "_connection", None)
+        if connection is not None:
+            gateway.watch(connection, caller, tools)
+        return types.ListToolsResult(tools=tools)
 
     async def on_call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
         request_id = new_request_id()

@@ -33,7 +33,7 @@ from mcp_gateway.errors import UnauthenticatedError
 from mcp_gateway.fieldchecks import origin_in, origin_of
 from mcp_gateway.gateway import Gateway
 from mcp_gateway.identity import JwtVerifier, Principal, principal_from
-from mcp_gateway.transports.background import checkpointing, reloading
+from mcp_gateway.transports.background import checkpointing, federating, reloading
 from mcp_gateway.transports.handlers import build_server
 from mcp_gateway.transports.sse import SseSessions
 from mcp_gateway.transports.wire import ProtocolVersionGuard, StrictJsonGuard
@@ -185,12 +185,14 @@ def build_app(
         reason: str | None = "readiness check timed out"
         with anyio.move_on_after(settings.audit.write_timeout + 1):
             ready, reason = await anyio.to_thread.run_sync(gateway.ready, abandon_on_cancel=True)
-        return JSONResponse({"status": "ready" if ready else "unavailable", "reason": reason}, 200 if ready else 503)
+        # An upstream that is down does not make the gateway unready: its tools are simply not listed.
+        body = {"status": "ready" if ready else "unavailable", "reason": reason, "upstreams": gateway.upstreams()}
+        return JSONResponse(body, 200 if ready else 503)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         interval = settings.audit.checkpoint_interval
-        async with manager.run(), reloading(gateway), checkpointing(checkpointer, interval):
+        async with manager.run(), reloading(gateway), federating(gateway), checkpointing(checkpointer, interval):
             yield
         await gateway.aclose()
 

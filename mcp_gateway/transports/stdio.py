@@ -27,7 +27,7 @@ from mcp_gateway.audit.checkpoint import Checkpointer
 from mcp_gateway.errors import UnauthenticatedError
 from mcp_gateway.gateway import Gateway
 from mcp_gateway.identity import JwtVerifier, Principal
-from mcp_gateway.transports.background import checkpointing, reloading
+from mcp_gateway.transports.background import checkpointing, federating, reloading
 from mcp_gateway.transports.handlers import PrincipalSource, build_server, freeze_startup_heap
 from mcp_gateway.transports.wire import refusal
 
@@ -127,6 +127,7 @@ async def serve(gateway: Gateway, verifier: JwtVerifier, checkpointer: Checkpoin
         async with (
             stdio_server(stdin=_CheckedLines(stdin, refusals_in)) as (read_stream, write_stream),
             reloading(gateway),
+            federating(gateway),
             checkpointing(checkpointer, gateway.settings.audit.checkpoint_interval),
             anyio.create_task_group() as group,
         ):
