@@ -52,6 +52,7 @@ class Raw(BaseModel):
 
 
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.2, 30.0
+_CLIENT = types.Implementation(name="mcp-gateway", version=__version__)
 _STABLE = 10.0  # seconds up after which a failure starts the backoff again from its first step
 _SESSION_GONE = "Session terminated"  # the SDK's error for an HTTP 404 on a known session id
 
@@ -191,7 +192,7 @@ class UpstreamSession:
                 _Watched(read, self._end),
                 write,
                 message_handler=self._on_message,
-                client_info=types.Implementation(name="mcp-gateway", version=__version__),
+                client_info=_CLIENT,
                 on_refused=self._refused,
             ) as session:
                 with anyio.fail_after(self.spec.timeout):
@@ -201,6 +202,15 @@ class UpstreamSession:
                 self._up.set()
                 await self._listener.tools_changed(self)
                 await self._watch(session)
+
+    async def snapshot(self) -> tuple[dict[str, Any], ...]:
+        """Connect once, list the tools, disconnect (``catalog pin`` and ``catalog drift``)."""
+        async with self._transport() as (read, write):
+            async with _GatewaySession(read, write, client_info=_CLIENT, on_refused=self._refused) as session:
+                with anyio.fail_after(self.spec.timeout):
+                    await session.initialize()
+                    await self._list(session)
+        return self.tools or ()
 
     async def _watch(self, session: ClientSession) -> None:
         while True:
