@@ -79,12 +79,14 @@ async def test_pinned_call_goes_through_the_pipeline_with_two_audit_rows(deploym
     assert echo is not None
     # The whole wire object is pinned: fields no SDK model knows, _meta and icons included.
     assert echo.definition["xVendor"] == {"note": "a field no SDK model knows"}
-    assert echo.definition["_meta"] == {"vendor/build": "1"} and echo.definition["icons"]
+    assert echo.definition["_meta"] == {"vendor/build": "1"}
+    assert echo.definition["icons"]
     assert echo.digest == tool_digest(echo.definition)
     async with federated(deployment) as gateway:
         await up(gateway)
         result = await gateway.call_tool(ALICE, "files.echo", {"text": "hello"}, "req-3")
-        assert not result.is_error and result.structured_content == {"text": "hello"}
+        assert not result.is_error
+        assert result.structured_content == {"text": "hello"}
         # Schema validation against the pinned schema, before the upstream.
         refused = await gateway.call_tool(ALICE, "files.echo", {"text": 5}, "req-4")
         assert error_code(refused) == "invalid_arguments"
@@ -93,7 +95,8 @@ async def test_pinned_call_goes_through_the_pipeline_with_two_audit_rows(deploym
             ("tools/call", "started"),
             ("tools/call.result", "ok"),
         ]
-        assert calls[0]["tool"] == "files.echo" and calls[0]["tool_digest"] == echo.digest
+        assert calls[0]["tool"] == "files.echo"
+        assert calls[0]["tool_digest"] == echo.digest
         assert calls[1]["detail"]["backend"]["type"] == "upstream"
         # The partner catalog never sees the internal upstream's tools.
         assert not [name for name in names(gateway, PARTNER) if name.startswith("files.")]

@@ -11,6 +11,7 @@ import typer
 
 from mcp_gateway.cli.audit import audit_app
 from mcp_gateway.cli.breakglass import approval_app, breakglass_app
+from mcp_gateway.cli.catalog import catalog_app
 from mcp_gateway.cli.common import ErrorMappingGroup
 from mcp_gateway.cli.init import init
 from mcp_gateway.cli.models import models_app
@@ -31,6 +32,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(breakglass_app, name="breakglass")
 app.add_typer(approval_app, name="approval")
 app.add_typer(models_app, name="models")
+app.add_typer(catalog_app, name="catalog")
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 import anyio
 import httpx2
@@ -254,7 +254,7 @@ class UpstreamSession:
         if spec.transport == "stdio":
             argv = child_argv(spec)
             params = StdioServerParameters(command=argv[0], args=argv[1:], cwd=spec.cwd)
-            async with stdio_client(params, errlog=sys.stderr) as streams:
+            async with stdio_client(params, errlog=_errlog()) as streams:
                 yield streams
             return
         assert spec.url is not None  # noqa: S101 - ServerSpec requires it for HTTP transports
@@ -314,6 +314,16 @@ class UpstreamSession:
             self._end()
             return UpstreamError(f"upstream {self.name}: the connection ended during the call")
         return UpstreamError(f"upstream {self.name} answered error {exc.error.code}: {exc.error.message[:200]}")
+
+
+def _errlog() -> TextIO:
+    """Where a stdio server's stderr goes: the gateway's own stderr (the process's, when it has been replaced by
+    something without a file descriptor)."""
+    try:
+        sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return sys.__stderr__ or sys.stderr
+    return sys.stderr
 
 
 def _describe(exc: BaseException) -> str:
