@@ -12,7 +12,10 @@ from typing import Any
 import anyio
 import yaml
 
+from mcp_gateway.audit.log import AuditLog
+from mcp_gateway.catalog import load_catalogs
 from mcp_gateway.config import load_settings
+from mcp_gateway.federation.pinning import pin_tools
 from mcp_gateway.gateway import Gateway
 from mcp_gateway.identity import Principal
 from mcp_gateway.operators import Operator
@@ -86,3 +89,16 @@ def rows(gateway: Gateway, event: str | None = None) -> list[dict[str, Any]]:
             detail = row.get("detail")
             found.append({**row, "detail": json.loads(detail) if isinstance(detail, str) else detail or {}})
     return found
+
+
+async def pin_all(deployment: Deployment, catalog: str = "internal", **options: Any) -> tuple[str, ...]:
+    settings = load_settings(deployment.config)
+    catalogs = load_catalogs(settings.catalogs_dir, settings.egress)
+    log = AuditLog(settings.database_url)
+    try:
+        result = await pin_tools(
+            log, settings.catalogs_dir, catalogs, settings.egress, ADMIN, catalog=catalog, **options
+        )
+    finally:
+        log.close()
+    return result.pinned

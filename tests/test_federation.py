@@ -9,28 +9,10 @@ import anyio
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from mcp_gateway.audit.log import AuditLog
-from mcp_gateway.config import load_settings
-from mcp_gateway.federation.pinning import pin_tools
 from mcp_gateway.federation.pins import load_pins, tool_digest
 from mcp_gateway.gateway import Gateway
 from tests.conftest import Deployment
-from tests.federation_helpers import ADMIN, ALICE, PARTNER, add_server, federated, names, rows, seen, until
-
-
-async def pin_all(deployment: Deployment, catalog: str = "internal", **options: Any) -> tuple[str, ...]:
-    settings = load_settings(deployment.config)
-    from mcp_gateway.catalog import load_catalogs
-
-    catalogs = load_catalogs(settings.catalogs_dir, settings.egress)
-    log = AuditLog(settings.database_url)
-    try:
-        result = await pin_tools(
-            log, settings.catalogs_dir, catalogs, settings.egress, ADMIN, catalog=catalog, **options
-        )
-    finally:
-        log.close()
-    return result.pinned
+from tests.federation_helpers import ALICE, PARTNER, add_server, federated, names, pin_all, rows, seen, until
 
 
 def error_code(result: Any) -> str:

@@ -87,7 +87,7 @@ async def on_call_tool(ctx: ServerRequestContext[Any], params: types.CallToolReq
     record(
         event="call",
         tool=params.name,
-        meta=params.meta.model_dump(mode="json", by_alias=True) if params.meta else None,
+        meta=dict(params.meta) if params.meta else None,
         headers=headers,
     )
     name = params.name
