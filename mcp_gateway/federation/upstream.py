@@ -54,7 +54,9 @@ class Raw(BaseModel):
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.2, 30.0
 _CLIENT = types.Implementation(name="mcp-gateway", version=__version__)
 _STABLE = 10.0  # seconds up after which a failure starts the backoff again from its first step
-_SESSION_GONE = "Session terminated"  # the SDK's error for an HTTP 404 on a known session id
+# An HTTP 404 on a known session id: the SDK's own error, or the server's JSON-RPC body (the SDK's server says
+# "Session not found"). The server never saw the request, so it is sent once more on a new session.
+_SESSION_GONE = ("session terminated", "session not found")
 
 
 class Listener(Protocol):
@@ -177,7 +179,8 @@ class UpstreamSession:
             except Exception as exc:  # noqa: BLE001 - any failure of one upstream only takes that upstream down
                 error = _describe(exc)
             self._session, self.state, self.error, self.tools = None, "down", error, None
-            self._up = anyio.Event()
+            if self._up.is_set():  # a call waiting for the next session keeps its event
+                self._up = anyio.Event()
             logger.warning("upstream %s/%s is down: %s", self.catalog, self.name, error)
             await self._listener.tools_changed(self)
             delay = _BACKOFF_FIRST if time.monotonic() - opened > _STABLE else delay
@@ -237,6 +240,8 @@ class UpstreamSession:
 
     def _end(self) -> None:
         self._broken = True
+        if self._up.is_set():  # calls waiting for the session wait for the next one
+            self._up = anyio.Event()
         self._wake.set()
 
     async def _on_message(self, message: IncomingMessage) -> None:
@@ -294,7 +299,7 @@ class UpstreamSession:
                     try:
                         return (await session.send_request(request, Raw, progress_callback=progress)).wire()
                     except MCPError as exc:
-                        if not (exc.error.message == _SESSION_GONE and attempt == 0):
+                        if not (self._session_gone(exc) and attempt == 0):
                             raise self._failed(exc) from exc
                         # The HTTP session expired before the server saw the call: re-establish and send it once more.
                         self._end()
@@ -309,8 +314,15 @@ class UpstreamSession:
             raise UpstreamError(f"upstream {self.name} is {self.state}: {self.error or 'not connected'}")
         return self._session
 
+    def _session_gone(self, exc: MCPError) -> bool:
+        return (
+            self.spec.transport != "stdio"
+            and exc.error.code == types.INVALID_REQUEST
+            and exc.error.message.strip().lower() in _SESSION_GONE
+        )
+
     def _failed(self, exc: MCPError) -> UpstreamError:
-        if exc.error.code == types.CONNECTION_CLOSED or exc.error.message == _SESSION_GONE:
+        if exc.error.code == types.CONNECTION_CLOSED or self._session_gone(exc):
             self._end()
             return UpstreamError(f"upstream {self.name}: the connection ended during the call")
         return UpstreamError(f"upstream {self.name} answered error {exc.error.code}: {exc.error.message[:200]}")
