@@ -15,9 +15,9 @@ from mcp_gateway.backends.http import HttpUpstream
 from mcp_gateway.breakglass import BreakGlass
 from mcp_gateway.config import Settings
 from mcp_gateway.configfile import startup_detail
-from mcp_gateway.egress import guarded_get
 from mcp_gateway.gateway import Gateway
-from mcp_gateway.identity import JwtVerifier, load_jwks
+from mcp_gateway.identity import JwtVerifier
+from mcp_gateway.keyring import load_keyring
 from mcp_gateway.policy import PolicyEngine
 from mcp_gateway.telemetry import current_trace_id, setup_telemetry, tracer
 from mcp_gateway.transports import stdio
@@ -28,13 +28,13 @@ __all__ = ["build_backends", "build_checkpointer", "build_gateway", "build_verif
 
 
 def build_verifier(settings: Settings) -> JwtVerifier:
-    """The JWT verifier, with keys from the JWKS file or (allowlisted) URL.
+    """The JWT verifier, with keys from the JWKS file or (allowlisted) URL, kept current while serving
+    (``keyring``: the transports run ``verifier.keyring.running()``).
 
     Raises:
         ConfigError: the JWKS cannot be loaded.
     """
-    keys = load_jwks(settings.identity, lambda url: guarded_get(settings.egress, url))
-    return JwtVerifier(settings.identity, keys)
+    return JwtVerifier(settings.identity, load_keyring(settings.identity, settings.egress))
 
 
 def build_backends(settings: Settings) -> Backends:

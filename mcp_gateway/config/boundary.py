@@ -31,6 +31,28 @@ class IdentitySettings(Section):
     max_token_bytes: int = Field(
         default=8192, ge=512, le=65_536, description="Security: larger tokens are refused before they are parsed."
     )
+    # Key rotation (keyring.py): the JWKS is re-read on a timer and on a token naming an unknown kid.
+    jwks_refresh: float = Field(
+        default=300.0,
+        gt=0,
+        le=86_400,
+        description="Seconds between re-reads of the JWKS (URL fetched, file re-read if it changed); a key the IdP "
+        "removed stops verifying after the next one.",
+    )
+    jwks_min_refresh: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Security: a token naming an unknown kid re-reads the JWKS at most once per this many seconds, "
+        "so a flood of forged kids cannot hammer the IdP.",
+    )
+    jwks_max_stale: float = Field(
+        default=86_400.0,
+        gt=0,
+        le=7 * 86_400,
+        description="Security: seconds the last good keys keep serving while the JWKS cannot be read; then every "
+        "token is refused (reason: keys stale) until a read succeeds.",
+    )
 
     @field_validator("audience")
     @classmethod
@@ -71,6 +93,10 @@ class IdentitySettings(Section):
     def _one_key_source(self) -> IdentitySettings:
         if (self.jwks_file is None) == (self.jwks_url is None):
             raise ValueError("set exactly one of identity.jwks_file and identity.jwks_url")
+        if self.jwks_min_refresh > self.jwks_refresh:
+            raise ValueError("identity.jwks_min_refresh must not exceed identity.jwks_refresh")
+        if self.jwks_max_stale < self.jwks_refresh:
+            raise ValueError("identity.jwks_max_stale must be at least identity.jwks_refresh")
         return self
 
 

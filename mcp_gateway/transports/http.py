@@ -190,7 +190,7 @@ def build_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         interval = settings.audit.checkpoint_interval
-        async with manager.run(), reloading(gateway), checkpointing(checkpointer, interval):
+        async with manager.run(), reloading(gateway), checkpointing(checkpointer, interval), verifier.keyring.running():
             yield
         await gateway.aclose()
 
