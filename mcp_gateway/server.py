@@ -116,7 +116,9 @@ async def run_http(settings: Settings) -> None:
     import uvicorn
 
     from mcp_gateway.transports.guards import guarded_protocol
+    from mcp_gateway.transports.tls import uvicorn_tls_options
 
+    tls = uvicorn_tls_options(settings.http)  # a bad certificate or key stops the start here, named
     telemetry = setup_telemetry(settings)
     verifier = build_verifier(settings)
     gateway = build_gateway(settings)
@@ -124,7 +126,7 @@ async def run_http(settings: Settings) -> None:
     # The h11 protocol with the slow-client bounds (transports/guards.py); it serves no WebSocket upgrade.
     protocol = guarded_protocol(settings.http)
     config = uvicorn.Config(
-        app, host=settings.http.host, port=settings.http.port, log_level="warning", http=protocol, ws="none"
+        app, host=settings.http.host, port=settings.http.port, log_level="warning", http=protocol, ws="none", **tls
     )
     freeze_startup_heap()
     try:

@@ -89,6 +89,16 @@ class Settings(BaseSettings):
             raise ValueError(f"telemetry.otlp_endpoint {endpoint!r} is not on egress.allow")
         return self
 
+    @model_validator(mode="after")
+    def _https_origin(self) -> Settings:
+        # Behind TLS the resource callers reach is https: the audience (advertised in the RFC 9728 metadata and
+        # compared with `aud`) and the public URL must say so, or clients would be told to use plain http.
+        if self.http.tls:
+            for key, url in (("identity.audience", self.identity.audience), ("http.public_url", self.http.public_url)):
+                if url is not None and not url.startswith("https://"):
+                    raise ValueError(f"{key} must be an https:// URL when http.tls_cert_file is set")
+        return self
+
     # Where load_settings read these settings from, and the bytes it read (configfile.py digests them at start).
     _loaded_from: tuple[Path, bytes] | None = PrivateAttr(default=None)
 
@@ -139,6 +149,11 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     identity = data.get("identity")
     if isinstance(identity, dict) and "jwks_file" in identity:
         identity["jwks_file"] = _resolve(base, identity["jwks_file"])
+    http = data.get("http")
+    if isinstance(http, dict):
+        for key in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+            if key in http:
+                http[key] = _resolve(base, http[key])
     url = data.get("database_url")
     if isinstance(url, str) and url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         data["database_url"] = "sqlite:///" + str(base / url.removeprefix("sqlite:///"))

@@ -176,9 +176,44 @@ class HttpSettings(Section):
         le=100_000,
         description="Answers an SSE session may leave unread on its stream; past it the session is closed.",
     )
+    # Inbound TLS (transports/tls.py): with both files set the port speaks only HTTPS.
+    tls_cert_file: Path | None = Field(
+        default=None, description="PEM certificate chain served on the HTTP port; set with tls_key_file for HTTPS."
+    )
+    tls_key_file: Path | None = Field(default=None, description="Security: PEM private key of tls_cert_file.")
+    tls_client_ca_file: Path | None = Field(
+        default=None,
+        description="Security: PEM CA bundle for mutual TLS; when set, every connection must present a client "
+        "certificate it signed.",
+    )
 
     _browser_origins = field_validator("allowed_origins")(checked_origins)
 
+    @field_validator("tls_cert_file", "tls_key_file", "tls_client_ca_file")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                with value.open("rb") as file:
+                    file.read(1)
+            except OSError as exc:
+                raise ValueError(f"cannot read {value}: {exc.strerror or exc}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> HttpSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("set both http.tls_cert_file and http.tls_key_file, or neither")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("http.tls_client_ca_file (mutual TLS) needs http.tls_cert_file and http.tls_key_file")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """True when the port speaks HTTPS."""
+        return self.tls_cert_file is not None
+
     @property
     def base_url(self) -> str:
-        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+        scheme = "https" if self.tls else "http"
+        return (self.public_url or f"{scheme}://{self.host}:{self.port}").rstrip("/")
