@@ -134,6 +134,10 @@ class KeyRing:
                 )
         return self._keys
 
+    def age(self) -> float:
+        """Seconds since the last successful read (``identity.jwks_max_stale`` is where tokens start failing)."""
+        return self._clock() - self._good_at
+
     async def refresh_for_unknown_kid(self) -> bool:
         """Re-read the JWKS for a token naming an unknown kid, unless one was read under ``jwks_min_refresh`` ago.
 

@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from mcp_gateway.config.base import ALLOWED_ALGORITHMS
 from mcp_gateway.config.boundary import EgressSettings, HttpSettings, IdentitySettings
-from mcp_gateway.config.evidence import AuditSettings, TelemetrySettings
+from mcp_gateway.config.evidence import AuditSettings, MetricsSettings, TelemetrySettings
 from mcp_gateway.config.people import AdminSettings, BreakGlassSettings, ConsoleSettings
 from mcp_gateway.errors import ConfigError
 
@@ -34,6 +34,7 @@ __all__ = [
     "EgressSettings",
     "HttpSettings",
     "IdentitySettings",
+    "MetricsSettings",
     "Settings",
     "TelemetrySettings",
     "describe_validation_error",
@@ -64,6 +65,7 @@ class Settings(BaseSettings):
     max_argument_depth: int = Field(default=32, ge=2, le=256, description="Deeper nesting of arguments is refused.")
     audit: AuditSettings = AuditSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    metrics: MetricsSettings = MetricsSettings()
     breakglass: BreakGlassSettings = BreakGlassSettings()
     console: ConsoleSettings = ConsoleSettings()
     admin: AdminSettings = AdminSettings()
@@ -97,6 +99,9 @@ class Settings(BaseSettings):
             for key, url in (("identity.audience", self.identity.audience), ("http.public_url", self.http.public_url)):
                 if url is not None and not url.startswith("https://"):
                     raise ValueError(f"{key} must be an https:// URL when http.tls_cert_file is set")
+        metrics = self.metrics
+        if metrics.enabled and metrics.port != 0 and (metrics.host, metrics.port) == (self.http.host, self.http.port):
+            raise ValueError("metrics.port must differ from http.port: /metrics is never served on the MCP port")
         return self
 
     # Where load_settings read these settings from, and the bytes it read (configfile.py digests them at start).
