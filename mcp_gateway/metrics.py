@@ -128,17 +128,31 @@ class GatewayMetrics:
         )
         self.watched = Watched()
         registry.register(_Scrape(self.watched))
+        # Children by label values, looked up once: labels() costs more than the increment it leads to.
+        self._children: dict[tuple[str, str], Counter] = {}
+        self._durations: dict[str, Histogram] = {}
+        self._stage_children: dict[str, Histogram] = {}
 
     def call_finished(self, catalog: str, outcome: str, stages: Sequence[tuple[str, float]], total: float) -> None:
         """One tools/call ended with ``outcome`` (``ok`` or an error code); ``stages`` in seconds, in order."""
-        self._calls.labels(catalog, outcome).inc()
+        calls = self._children.get((catalog, outcome))
+        if calls is None:
+            calls = self._children[(catalog, outcome)] = self._calls.labels(catalog, outcome)
+        calls.inc()
         if outcome in DENIAL_REASONS:
             self._denials.labels(catalog, outcome).inc()
             if outcome == "rate_limited":
                 self._rate_limited.labels(catalog).inc()
-        self._duration.labels(catalog).observe(total)
+        duration = self._durations.get(catalog)
+        if duration is None:
+            duration = self._durations[catalog] = self._duration.labels(catalog)
+        duration.observe(total)
+        children = self._stage_children
         for stage, seconds in stages:
-            self._stages.labels(stage).observe(seconds)
+            child = children.get(stage)
+            if child is None:
+                child = children[stage] = self._stages.labels(stage)
+            child.observe(seconds)
 
     def audit_committed(self, seconds: float, rows: int) -> None:
         """One audit transaction of ``rows`` rows committed in ``seconds``."""
