@@ -64,6 +64,9 @@ async def test_a_scrape_after_real_calls_counts_calls_denials_stages_and_audit(
     before = samples(httpx.get(url).text)
     assert value(before, "mcp_gateway_calls_total", catalog="internal", outcome="ok") == 0
     assert await _calls(served.deployment, served.url) == ["ok", "ok", "error"]
+    stranger = served.deployment.mint("mallory", ("support",), "internal", audience="https://elsewhere.example/mcp")
+    refused = httpx.post(f"{served.url}/mcp", headers={"Authorization": f"Bearer {stranger}"}, content=b"{}")
+    assert refused.status_code == 401
 
     answer = httpx.get(url)
     assert answer.status_code == 200
@@ -84,9 +87,11 @@ async def test_a_scrape_after_real_calls_counts_calls_denials_stages_and_audit(
     assert value(scraped, "mcp_gateway_audit_commit_rows_sum") >= value(before, "mcp_gateway_audit_commit_rows_sum") + 4
     assert ("mcp_gateway_audit_queue_depth", frozenset()) in scraped
     assert value(scraped, "mcp_gateway_dropped_spans_total") == 0
+    assert value(scraped, "mcp_gateway_auth_refusals_total", reason="wrong audience") == 1
     assert 0 <= value(scraped, "mcp_gateway_jwks_age_seconds") < 300
     # Bounded labels: neither the subject nor an argument appears anywhere.
     assert "alice-secret-subject" not in answer.text
+    assert "mallory" not in answer.text
     assert "c-100" not in answer.text
 
 
