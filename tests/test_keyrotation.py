@@ -252,6 +252,25 @@ async def test_a_refetch_goes_through_the_egress_guard(idp: JwksServer, keys: tu
     assert idp.count() == 1
 
 
+async def test_an_oversized_or_redirecting_answer_keeps_the_last_good_keys(
+    idp: JwksServer, keys: tuple[DevKey, DevKey]
+) -> None:
+    old, new = keys
+    idp.publish(old.jwks())
+    clock = Monotonic()
+    verifier = url_verifier(idp, clock)
+    # Valid JSON holding the new key, padded past the 1 MiB bound: refused whole, not parsed.
+    idp.body = json.dumps({"keys": new.jwks()["keys"], "padding": "x" * 1_100_000}).encode()
+    clock.now += MIN_REFRESH
+    assert not await accepted(verifier, mint(new))
+    assert verifier.keyring.generation == 0
+    idp.redirect = "http://127.0.0.1:9/elsewhere"  # never followed
+    clock.now += MIN_REFRESH
+    assert not await accepted(verifier, mint(new))
+    assert idp.count() == 3
+    assert await accepted(verifier, mint(old))
+
+
 def write_atomically(path: Path, document: dict[str, Any]) -> None:
     partial = path.with_suffix(".tmp")
     partial.write_text(json.dumps(document))
