@@ -296,3 +296,18 @@ def test_a_key_that_is_not_the_certificates_or_not_pem_is_named(deployment: Depl
     assert context is not None
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+def test_config_check_names_a_key_that_does_not_fit_its_certificate(deployment: Deployment, pki: Any) -> None:
+    from typer.testing import CliRunner
+
+    from mcp_gateway.cli.app import app
+
+    _, _, server, agent, _ = pki
+    config = _config(deployment, tls_cert_file=str(server.cert), tls_key_file=str(agent.key))
+    result = CliRunner().invoke(app, ["config", "check", "--config", str(config)], env=deployment.env())
+    assert result.exit_code == 2
+    assert str(server.cert) in "".join(result.output.split())  # rich may wrap a long path
+    good = _config(deployment, tls_key_file=str(server.key))
+    result = CliRunner().invoke(app, ["config", "check", "--config", str(good)], env=deployment.env())
+    assert result.exit_code == 0, result.output
