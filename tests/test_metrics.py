@@ -155,3 +155,27 @@ def test_metrics_cannot_share_the_mcp_port(deployment: Deployment) -> None:
 
 def _render(metrics: GatewayMetrics) -> str:
     return metrics.exposition()[0].decode()
+
+
+def test_a_metrics_port_that_cannot_be_bound_stops_the_start(
+    tmp_path: Path, example_api: ExampleApi, dev_key: object
+) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        deployment = make_deployment(tmp_path, example_api, dev_key, metrics={"enabled": True, "port": port})  # type: ignore[arg-type]
+        process = subprocess.run(
+            [sys.executable, "-m", "mcp_gateway", "serve", "--transport", "streamable-http"],
+            env=deployment.env(),
+            cwd=deployment.root,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    assert process.returncode == 3  # uvicorn's start-up failure, before the MCP server starts
+    assert b"address already in use" in process.stderr.lower()
