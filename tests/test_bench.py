@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import audit_bench, echo_bench, gateway_bench
+from bench import audit_bench, echo_bench, gateway_bench, metrics_bench
 from bench.common import free_port, make_deployment, python_env, server_process
 from bench.report import markdown
 from bench.servers import install_diagnostic_audit
@@ -105,3 +105,10 @@ def test_console_bench_pages_through_a_built_trail() -> None:
     assert by_query["a subject never seen (bounded scan)"]["rows"] == 0
     assert by_query["a rare subject (1 in 100,000)"]["rows"] == 1  # record 7
     assert "Console audit search" in markdown({"console": result, "machine": _machine()})
+
+
+def test_metrics_bench_counts_every_metered_call() -> None:
+    report = metrics_bench.run(count=20, rounds=2)
+    assert report["metered_calls"] == 200 + 20 * 2  # warm-up and both rounds, each counted once
+    assert report["observer_us"] > 0
+    assert report["scrape_bytes"] > 0
