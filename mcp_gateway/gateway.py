@@ -89,8 +89,10 @@ class Gateway:
         return self._config.catalogs
 
     async def aclose(self) -> None:
-        """Close the backends' connection pools and the break-glass store (the audit trail is closed by its owner)."""
+        """Close the backends' connection pools, the bucket and break-glass stores (the audit trail is closed by its
+        owner)."""
         await self.backends.aclose()
+        self.limiter.close()
         if self.breakglass is not None:
             self.breakglass.close()
 

@@ -19,6 +19,7 @@ from mcp_gateway.egress import guarded_get
 from mcp_gateway.gateway import Gateway
 from mcp_gateway.identity import JwtVerifier, load_jwks
 from mcp_gateway.policy import PolicyEngine
+from mcp_gateway.ratelimit import RateLimiter, open_bucket_store
 from mcp_gateway.telemetry import current_trace_id, setup_telemetry, tracer
 from mcp_gateway.transports import stdio
 from mcp_gateway.transports.handlers import freeze_startup_heap
@@ -55,7 +56,8 @@ def build_gateway(settings: Settings) -> Gateway:
 
     Raises:
         ConfigError: a policy or catalog does not load.
-        UnavailableError: the audit database cannot be opened.
+        UnavailableError: the audit database (or, with ``limits.store: database``, the bucket database) cannot be
+            opened.
     """
     policy = PolicyEngine(settings.policies_dir)
     audit = AuditLog(
@@ -65,7 +67,10 @@ def build_gateway(settings: Settings) -> Gateway:
         write_timeout=settings.audit.write_timeout,
     )
     breakglass = BreakGlass(settings.database_url, settings.breakglass, audit)
-    gateway = Gateway(settings, audit=audit, policy=policy, backends=build_backends(settings), breakglass=breakglass)
+    limiter = RateLimiter(open_bucket_store(settings.limits, settings.database_url))
+    gateway = Gateway(
+        settings, audit=audit, policy=policy, backends=build_backends(settings), limiter=limiter, breakglass=breakglass
+    )
     with tracer.start_as_current_span("gateway.start"):
         audit.record(
             AuditEntry(

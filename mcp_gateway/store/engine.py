@@ -7,6 +7,7 @@ enforces it); the rest of the gateway sees rows as dicts and failures as :class:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -66,7 +67,7 @@ def _trail_pragmas(durability: Durability) -> Callable[[Any, Any], None]:
     return on_connect
 
 
-def open_engine(url: str, durability: Durability | None = None) -> Engine:
+def open_engine(url: str, durability: Durability | None = None, *, connect_timeout: float | None = None) -> Engine:
     """An engine for ``url``. Connecting is lazy: :func:`create_tables` is the first to reach the database.
 
     Args:
@@ -75,6 +76,7 @@ def open_engine(url: str, durability: Durability | None = None) -> Engine:
             row survives the gateway being killed) or ``FULL`` (``power``: it survives power loss), autocommit at
             the driver (the chain writer opens its own transactions). None (the break-glass tables): SQLite's
             defaults, with only the busy timeout set so that several processes wait for each other.
+        connect_timeout: PostgreSQL: seconds a new connection may take (libpq rounds it up to 2); None: no bound.
     """
     path = _sqlite_file(url)
     if url.startswith("sqlite"):
@@ -84,7 +86,8 @@ def open_engine(url: str, durability: Durability | None = None) -> Engine:
         event.listen(engine, "connect", _busy_timeout if durability is None else _trail_pragmas(durability))
         return engine
     # PostgreSQL keeps its default synchronous_commit=on at both levels: a commit is flushed to the WAL.
-    return create_engine(url, pool_pre_ping=True)
+    connect_args = {} if connect_timeout is None else {"connect_timeout": max(2, math.ceil(connect_timeout))}
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
 def create_tables(engine: Engine, tables: Sequence[Table], what: str) -> None:
