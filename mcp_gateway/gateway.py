@@ -24,7 +24,7 @@ import time
 from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import mcp_types as types
@@ -50,6 +50,9 @@ from mcp_gateway.policy import PolicyEngine, PolicySnapshot
 from mcp_gateway.ratelimit import RateLimiter
 from mcp_gateway.reload import Reloader, ReloadReport
 
+if TYPE_CHECKING:  # only the type: prometheus_client is imported only when metrics are served
+    from mcp_gateway.metrics import GatewayMetrics
+
 __all__ = ["Gateway"]
 
 logger = logging.getLogger(__name__)
@@ -69,8 +72,10 @@ class Gateway:
         backends: Backends,
         limiter: RateLimiter | None = None,
         breakglass: BreakGlass | None = None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
-        """Load catalogs and wire the components. Without ``breakglass``, no grant applies and held calls fail closed.
+        """Load catalogs and wire the components. Without ``breakglass``, no grant applies and held calls fail closed;
+        ``metrics`` (when ``metrics.enabled``) is told of every call's end, and of upstream health (``upstream_up``).
 
         Raises:
             ConfigError: a catalog does not load; the gateway refuses to start.
@@ -83,6 +88,7 @@ class Gateway:
         self._visible: dict[tuple[Any, ...], tuple[types.Tool, ...]] = {}
         self.limiter = limiter if limiter is not None else RateLimiter()
         self.breakglass = breakglass
+        self.metrics = metrics
 
     @property
     def catalogs(self) -> CatalogSet:
@@ -191,7 +197,7 @@ class Gateway:
         """
         # One snapshot of policy and catalogs for the whole call: a reload mid-call does not change its rules.
         snapshot, catalogs = self.policy.snapshot, self.catalogs
-        call = CallRecord.open(principal, name, request_id, snapshot.version)
+        call = CallRecord.open(principal, name, request_id, snapshot.version, self.metrics)
         arguments = arguments or {}
         try:
             tool = self._admit(call, principal, name, catalogs, snapshot)

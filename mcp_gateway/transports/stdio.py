@@ -128,6 +128,7 @@ async def serve(gateway: Gateway, verifier: JwtVerifier, checkpointer: Checkpoin
             stdio_server(stdin=_CheckedLines(stdin, refusals_in)) as (read_stream, write_stream),
             reloading(gateway),
             checkpointing(checkpointer, gateway.settings.audit.checkpoint_interval),
+            verifier.keyring.running(),
             anyio.create_task_group() as group,
         ):
             group.start_soon(_answer, refusals_out, write_stream)
