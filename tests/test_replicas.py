@@ -3,7 +3,8 @@
 Each replica is ``mcp-gateway serve --transport streamable-http`` on its own port, with one configuration (one
 audience, one signing key, one database). Rate limits are exact across them (``limits.store: database``), the
 audit chain stays linear when one is killed mid-load, a break-glass grant approved from the command line is
-honoured by every replica at once, and the 2026-07-28 stateless mode needs no session affinity.
+honoured by every replica at once, a JWKS rotation reaches every replica without a restart, and the 2026-07-28
+stateless mode needs no session affinity.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from mcp.shared.exceptions import MCPError
 
 from mcp_gateway.audit.log import GENESIS, AuditLog
 from mcp_gateway.config import load_settings
-from mcp_gateway.devkeys import DevKey
-from tests.conftest import Deployment, ExampleApi, configure, free_port, make_deployment, stop, wait_http
+from mcp_gateway.devkeys import DevKey, ensure_dev_key
+from tests.conftest import ISSUER, Deployment, ExampleApi, configure, free_port, make_deployment, stop, wait_http
+from tests.jwks_server import serving_jwks
 from tests.test_breakglass import Tokens, cli, request
 
 pytestmark = pytest.mark.slow
@@ -288,3 +290,39 @@ async def test_one_clients_consecutive_stateless_requests_are_served_by_differen
             # The legacy session mode does need affinity: its session lives in one replica's memory.
             with pytest.raises(BaseException):  # noqa: B017, PT011 - the SDK wraps the refusal in an ExceptionGroup
                 await legacy_calls(url, token)
+
+
+async def test_a_key_rotation_is_picked_up_by_every_replica_without_a_restart(
+    tmp_path: Path, example_api: ExampleApi, dev_key: DevKey, fresh_postgres_url: str
+) -> None:
+    old, new = dev_key, ensure_dev_key(tmp_path / "new-key")
+    with serving_jwks() as idp:
+        idp.publish(old.jwks())
+        deployment = make_deployment(
+            tmp_path / "deployment",
+            example_api,
+            old,
+            database_url=fresh_postgres_url,
+            limits={"store": "database"},
+            identity={"jwks_url": idp.url, "jwks_file": None, "jwks_refresh": 1.0, "jwks_min_refresh": 0.5},
+            egress={"allow": [example_api.url, idp.url.removesuffix("/jwks")]},
+        )
+        old_token = deployment.mint("alice", ("support",), "internal")
+        new_token = new.mint("bob", roles=("support",), catalog="internal", issuer=ISSUER, audience=deployment.audience)
+        with replicas(deployment) as running, anyio.fail_after(60):
+            for url in running.urls:
+                async with client(url, old_token) as opened:
+                    assert (await opened.list_tools()).tools
+            idp.publish(new.jwks())  # the IdP rotates: the old key is gone, the new one in
+            async with httpx.AsyncClient(trust_env=False) as http:
+                for url in running.urls:
+                    while (await http.post(f"{url}/mcp", headers=bearer(old_token), content=b"{}")).status_code != 401:
+                        await anyio.sleep(0.2)  # until this replica's timer has re-read the JWKS
+            for url in running.urls:
+                async with client(url, new_token) as opened:
+                    assert (await opened.list_tools()).tools
+            assert all(process.poll() is None for process in running.processes)  # the same processes throughout
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream"}
