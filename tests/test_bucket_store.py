@@ -221,3 +221,27 @@ def test_a_relative_sqlite_bucket_database_is_beside_the_config_file(tmp_path: P
     config.write_text(yaml.safe_dump({"identity": identity, "limits": {"store": "redis"}}))
     with pytest.raises(ConfigError, match=r"limits\.store"):
         load_settings(config)
+
+
+def test_replicas_opening_a_new_postgresql_database_at_once_all_start(fresh_postgres_url: str) -> None:
+    # CREATE TABLE IF NOT EXISTS from several connections at once can fail on PostgreSQL's catalog; creators
+    # take turns instead, so every replica of a new deployment starts.
+    from mcp_gateway.audit.log import AuditLog
+
+    failures: list[BaseException] = []
+    start = threading.Barrier(6)
+
+    def open_both() -> None:
+        start.wait()
+        try:
+            BucketTable(fresh_postgres_url).close()
+            AuditLog(fresh_postgres_url).close()
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=open_both) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not failures

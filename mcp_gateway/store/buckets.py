@@ -86,7 +86,11 @@ class BucketTable:
         self.timeout = timeout
         # SQLite: WAL and synchronous=NORMAL, as for the trail (a bucket is no more precious than a record).
         self._engine = open_engine(database_url, "process", connect_timeout=timeout)
-        create_tables(self._engine, [RATE_BUCKET_TABLE], _WHAT)
+        try:
+            create_tables(self._engine, [RATE_BUCKET_TABLE], _WHAT)
+        except UnavailableError:
+            self._engine.dispose()
+            raise
         self._postgres = self._engine.dialect.name == "postgresql"
         self._clock: Clock = clock
         if self._postgres:

@@ -27,6 +27,7 @@ Durability = Literal["process", "power"]
 # How long a connection waits for another writer's lock before SQLite answers "database is locked". Connections
 # that serve a call set their own, shorter, bound (see store/chain.py and store/probe.py).
 BUSY_TIMEOUT_MS = 5000
+_PG_DDL_LOCK = 0x6D6370_64646C  # "mcp" "ddl": one advisory lock for table creation
 
 
 def unavailable(what: str, exc: BaseException) -> UnavailableError:
@@ -97,7 +98,8 @@ def create_tables(engine: Engine, tables: Sequence[Table], what: str) -> None:
     table in between, so the check and the creation run under SQLite's write lock and a second process waits
     (busy_timeout), then finds the tables. SQLite can also answer "database is locked" at once, without waiting
     out the busy timeout, in some lock upgrades (switching a brand-new file to WAL among several openers), so
-    start-up waits briefly and tries again. PostgreSQL DDL is transactional.
+    start-up waits briefly and tries again. PostgreSQL DDL is transactional, and creators take turns under an
+    advisory lock.
 
     Raises:
         UnavailableError: the database stays locked, or cannot be reached or written.
@@ -105,7 +107,11 @@ def create_tables(engine: Engine, tables: Sequence[Table], what: str) -> None:
     for attempt in range(5):
         try:
             if engine.dialect.name != "sqlite":
-                SQLModel.metadata.create_all(engine, tables=list(tables))
+                with engine.begin() as connection:
+                    # Replicas starting at once on a new database: CREATE TABLE IF NOT EXISTS races on PostgreSQL's
+                    # catalog (a duplicate key in pg_type), so creators take turns; the second finds the tables.
+                    connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_DDL_LOCK})")
+                    SQLModel.metadata.create_all(connection, tables=list(tables))
                 return
             with engine.connect() as connection:
                 connection.exec_driver_sql("BEGIN IMMEDIATE")
