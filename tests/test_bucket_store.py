@@ -245,3 +245,31 @@ def test_replicas_opening_a_new_postgresql_database_at_once_all_start(fresh_post
     for thread in threads:
         thread.join(timeout=60)
     assert not failures
+
+
+def test_event_loops_that_have_closed_leave_no_connection_open(fresh_postgres_url: str) -> None:
+    import sqlalchemy
+
+    table = BucketTable(fresh_postgres_url, workers=2)
+
+    async def takes() -> None:
+        await asyncio.gather(*(table.take("loops", 1000.0, NEVER, 0.0) for _ in range(4)))
+
+    def backends() -> int:
+        engine = sqlalchemy.create_engine(fresh_postgres_url)
+        with engine.connect() as connection:
+            query = (
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            count = int(connection.execute(sqlalchemy.text(query)).scalar_one())
+        engine.dispose()
+        return count
+
+    try:
+        for _ in range(10):
+            asyncio.run(takes())
+        # The last loop's two, and the engine's pooled one that created the table: not ten loops' worth.
+        assert backends() <= 3
+    finally:
+        table.close()
+    assert backends() == 0

@@ -11,8 +11,9 @@ that read the clock and then waited for the row's lock, or a clock stepped back,
 going backwards can under-admit by the length of the wait, never over-admit. SQLite (one host, several
 processes) uses the host's wall clock, read by the process, under the same rule.
 
-The event loop never waits on the database: takes run on a small pool of threads, each with its own driver
-connection and the SQL compiled once (the way store/chain.py writes the trail). Every failure, and a take that
+The event loop never waits on the database: on PostgreSQL a take runs on a few async connections of the calling
+event loop (store/pgloop.py: no thread hop), on SQLite on a small pool of threads, each with its own driver
+connection (the way store/chain.py writes the trail). Every failure, and a take that
 does not finish within ``timeout`` seconds, raises :class:`UnavailableError`: the caller is refused, never
 admitted (fail closed). A bucket that has refilled is indistinguishable from an absent one, so full rows are
 deleted now and then (at most every ``SWEEP_INTERVAL`` seconds, by one of the takes).
@@ -32,6 +33,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 
 from mcp_gateway.errors import UnavailableError
 from mcp_gateway.store.engine import create_tables, open_engine, unavailable
+from mcp_gateway.store.pgloop import LoopConnections
 from mcp_gateway.store.tables import RATE_BUCKET_TABLE
 
 __all__ = ["SWEEP_INTERVAL", "BucketTable", "Clock", "bucket_id"]
@@ -118,6 +120,18 @@ class BucketTable:
         self._lock = threading.Lock()
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL
         self._closed = False
+        # PostgreSQL: takes from an event loop run on that loop's own async connections (store/pgloop.py), with no
+        # thread hop; the thread pool serves take_blocking (and SQLite, whose driver has no async form).
+        self._loop_connections = (
+            LoopConnections(
+                self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
+                size=workers,
+                connect_timeout=timeout,
+                setup=self._bound_sql,
+            )
+            if self._postgres
+            else None
+        )
 
     async def take(self, key: str, capacity: float, rate: float, now: float) -> float:
         """Take one token from ``key``'s bucket (``capacity`` tokens, refilled at ``rate`` per second).
@@ -130,13 +144,29 @@ class BucketTable:
         Raises:
             UnavailableError: the store could not answer within ``timeout`` seconds, or failed. Refuse the call.
         """
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._pool, self.take_blocking, key, capacity, rate, now)
         try:
-            # A backstop over the connection's own bounds (connect, lock and statement timeouts).
-            return await asyncio.wait_for(future, timeout=self.timeout + 1)
+            # A backstop over the connection's own bounds (connect, lock and statement timeouts). asyncio.timeout,
+            # not wait_for: wait_for wraps the coroutine in a task of its own, which cost a take about 70 µs here.
+            async with asyncio.timeout(self.timeout + 1):
+                if self._loop_connections is not None:
+                    return await self._take_on_loop(self._loop_connections, key, capacity, rate, now)
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self._pool, self.take_blocking, key, capacity, rate, now)
         except TimeoutError as exc:
             raise UnavailableError(f"{_WHAT}: no answer within {self.timeout + 1:g} s") from exc
+
+    async def _take_on_loop(
+        self, connections: LoopConnections, key: str, capacity: float, rate: float, now: float
+    ) -> float:
+        parameters = {"key": bucket_id(key), "capacity": capacity, "rate": rate, "now": now}
+        try:
+            tokens, admitted = await connections.fetchone(self._take_sql, parameters)
+            if time.monotonic() >= self._next_sweep:
+                self._next_sweep = time.monotonic() + SWEEP_INTERVAL
+                await connections.execute(self._sweep_sql, {"now": now})
+        except self._driver_error as exc:
+            raise unavailable(_WHAT, exc) from exc
+        return 0.0 if admitted else (1.0 - float(tokens)) / rate
 
     def take_blocking(self, key: str, capacity: float, rate: float, now: float) -> float:
         """:meth:`take`, on the calling thread (one connection per thread).
@@ -204,6 +234,8 @@ class BucketTable:
     def close(self) -> None:
         """Stop the threads and close every connection."""
         self._closed = True
+        if self._loop_connections is not None:
+            self._loop_connections.close()
         self._pool.shutdown(wait=True)
         with self._lock:
             connections, self._connections = self._connections, []
