@@ -10,7 +10,8 @@ key. ``take`` is a coroutine so that a database store waits on its database with
 dict, taken without awaiting anything, so a call costs no thread hop and no loop turn (and 200 threads taking at
 once never admit more than the bucket holds). :class:`DatabaseBucketStore` (``limits.store: database``) keeps
 one row per bucket in a database every replica shares (store/buckets.py): exact across replicas, one database
-round trip and one thread hop per rate-limited call, and a store that cannot answer refuses the call.
+round trip per rate-limited call (on the event loop's own connection for PostgreSQL, on a worker thread for
+SQLite), and a store that cannot answer refuses the call.
 
 Limits are applied after the policy decision (a hidden tool's limit reveals nothing) and before argument
 validation and any backend work, so a flood of malformed calls is limited too.

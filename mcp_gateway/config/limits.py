@@ -32,5 +32,9 @@ class LimitsSettings(Section):
         "refused as unavailable: an unreachable store refuses calls, it never admits them.",
     )
     workers: int = Field(
-        default=4, ge=1, le=64, description="Threads (each with one connection) that update buckets for this process."
+        default=4,
+        ge=1,
+        le=64,
+        description="Connections that update buckets at once: per event loop on PostgreSQL (async), threads with "
+        "one connection each on SQLite.",
     )
