@@ -91,6 +91,10 @@ class BucketStore(Protocol):
         """Release the store's connections and threads, if it has any."""
         ...
 
+    def ping(self) -> str | None:
+        """None when the store can answer now, else why not (blocking, bounded: for ``/readyz``)."""
+        ...
+
 
 class MemoryBucketStore:
     """Buckets of one process: a dict under a lock. Refilled buckets are dropped when the dict grows too big."""
@@ -106,6 +110,9 @@ class MemoryBucketStore:
 
     def close(self) -> None:
         """Nothing to release."""
+
+    def ping(self) -> None:
+        """Always ready: the buckets are in this process."""
 
     async def take(self, key: str, spec: RateSpec, now: float) -> float:
         # Nothing is awaited: the token is taken before the caller's task can be suspended. The lock is for other
@@ -159,6 +166,9 @@ class DatabaseBucketStore:
 
     def close(self) -> None:
         self.table.close()
+
+    def ping(self) -> str | None:
+        return self.table.ping()
 
 
 def open_bucket_store(settings: LimitsSettings, database_url: str) -> BucketStore:

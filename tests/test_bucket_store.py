@@ -192,7 +192,12 @@ async def test_a_call_is_refused_and_audited_when_the_bucket_store_is_down(
     try:
         served = await gateway.call_tool(alice, "crm.search", {"query": "ada"}, "req-up")
         assert not served.is_error
+        assert gateway.ready() == (True, None)
         drop_database(postgres_url, url)
+        ready, reason = gateway.ready()  # /readyz takes the replica out of the balancer's rotation
+        assert not ready
+        assert reason is not None
+        assert reason.startswith("rate-limit store unavailable")
         seen = len(example_api.seen())
         refused = await gateway.call_tool(alice, "crm.search", {"query": "ada"}, "req-down")
         assert refused.is_error

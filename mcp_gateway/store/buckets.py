@@ -244,6 +244,20 @@ class BucketTable:
                 connection.invalidate()
         self._engine.dispose()
 
+    def ping(self) -> str | None:
+        """None when the bucket table answers a read within ``timeout``, else why not (blocking, for ``/readyz``)."""
+        try:
+            cursor = self._connection().cursor()
+            try:
+                cursor.execute("SELECT count(*) FROM rate_bucket WHERE key = ''")
+                cursor.fetchall()
+            finally:
+                cursor.close()
+        except (self._driver_error, UnavailableError) as exc:
+            self._drop()
+            return f"{_WHAT} unavailable: {type(exc).__name__}: {exc}"
+        return None
+
     def levels(self) -> list[dict[str, Any]]:
         """Every bucket row (tests and operators): key, tokens, at, capacity, rate, admitted."""
         from sqlalchemy import select
