@@ -155,6 +155,8 @@ class JwtVerifier:
         """
         self._settings = settings
         self._ring = keys if isinstance(keys, KeyRing) else KeyRing.fixed(keys)
+        # Told the reason of every bearer token refused over HTTP (metrics.GatewayMetrics.auth_refused).
+        self.on_refusal: Callable[[str], None] | None = None
         self._clock = clock
         self._cache_size = max(cache_size, 0)
         self._cache: dict[bytes, _CacheEntry] = {}
@@ -220,6 +222,8 @@ class JwtVerifier:
                 principal = self.verify(token)
         except UnauthenticatedError as exc:
             logger.info("bearer token refused: %s", exc)
+            if self.on_refusal is not None:
+                self.on_refusal(exc.reason)
             return None
         return GatewayAccessToken(
             token=token,

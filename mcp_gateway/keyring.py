@@ -45,15 +45,16 @@ Fetch = Callable[[str], Awaitable[bytes]]
 def url_fetcher(egress: EgressSettings, *, timeout: float = 10.0) -> Fetch:
     """An async fetch of a URL's body through the egress guard, refusing bodies over ``MAX_JWKS_BYTES``.
 
-    The client is built on first use (inside the event loop that serves) and kept: it carries the pool.
+    Each fetch opens its own guarded client and closes it: fetches are rare (one per ``jwks_min_refresh`` window
+    at most, besides the timer), and no pool outlives the event loop that opened it.
     """
-    clients: list[httpx.AsyncClient] = []
 
     async def fetch(url: str) -> bytes:
-        if not clients:
-            clients.append(guarded_async_client(egress, max_connections=2))
         with anyio.fail_after(timeout):
-            async with clients[0].stream("GET", url) as response:
+            async with (
+                guarded_async_client(egress, max_connections=1) as client,
+                client.stream("GET", url) as response,
+            ):
                 response.raise_for_status()
                 body = bytearray()
                 async for chunk in response.aiter_bytes():

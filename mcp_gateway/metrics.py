@@ -14,6 +14,8 @@ subject, a tool argument or anything else a caller chooses, so a hostile caller 
   (group commit: one transaction carries every waiting row), and ``mcp_gateway_audit_queue_depth``: rows waiting;
 * ``mcp_gateway_model_breaker_state{model, state}``: 1 for each model endpoint's current breaker state;
 * ``mcp_gateway_upstream_up{upstream}``: 1 when an upstream server answers its health check (``upstream_up``);
+* ``mcp_gateway_auth_refusals_total{reason}``: bearer tokens refused over HTTP (``expired``, ``unknown key``,
+  ``keys stale``...: the bounded ``jose.REASONS``);
 * ``mcp_gateway_dropped_spans_total``: spans the bounded exporter dropped;
 * ``mcp_gateway_jwks_age_seconds`` and ``mcp_gateway_jwks_reads_total``: how long ago the keys were last read
   successfully (``identity.jwks_max_stale`` is where tokens start failing), and how many re-reads were tried.
@@ -29,6 +31,8 @@ from dataclasses import dataclass
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from mcp_gateway.jose import REASONS
 
 __all__ = ["DENIAL_REASONS", "GatewayMetrics", "Watched"]
 
@@ -123,27 +127,51 @@ class GatewayMetrics:
         self._commit_rows = Histogram(
             "mcp_gateway_audit_commit_rows", "rows in one audit transaction", buckets=_ROW_BUCKETS, registry=registry
         )
+        self._auth = Counter(
+            "mcp_gateway_auth_refusals",
+            "bearer tokens refused over HTTP, by reason (jose.REASONS: expired, unknown key, keys stale...)",
+            ["reason"],
+            registry=registry,
+        )
         self._upstream = Gauge(
             "mcp_gateway_upstream_up", "1 when the upstream server answers", ["upstream"], registry=registry
         )
         self.watched = Watched()
         registry.register(_Scrape(self.watched))
+        # Children by label values, looked up once: labels() costs more than the increment it leads to.
+        self._children: dict[tuple[str, str], Counter] = {}
+        self._durations: dict[str, Histogram] = {}
+        self._stage_children: dict[str, Histogram] = {}
 
     def call_finished(self, catalog: str, outcome: str, stages: Sequence[tuple[str, float]], total: float) -> None:
         """One tools/call ended with ``outcome`` (``ok`` or an error code); ``stages`` in seconds, in order."""
-        self._calls.labels(catalog, outcome).inc()
+        calls = self._children.get((catalog, outcome))
+        if calls is None:
+            calls = self._children[(catalog, outcome)] = self._calls.labels(catalog, outcome)
+        calls.inc()
         if outcome in DENIAL_REASONS:
             self._denials.labels(catalog, outcome).inc()
             if outcome == "rate_limited":
                 self._rate_limited.labels(catalog).inc()
-        self._duration.labels(catalog).observe(total)
+        duration = self._durations.get(catalog)
+        if duration is None:
+            duration = self._durations[catalog] = self._duration.labels(catalog)
+        duration.observe(total)
+        children = self._stage_children
         for stage, seconds in stages:
-            self._stages.labels(stage).observe(seconds)
+            child = children.get(stage)
+            if child is None:
+                child = children[stage] = self._stages.labels(stage)
+            child.observe(seconds)
 
     def audit_committed(self, seconds: float, rows: int) -> None:
         """One audit transaction of ``rows`` rows committed in ``seconds``."""
         self._commit.observe(seconds)
         self._commit_rows.observe(rows)
+
+    def auth_refused(self, reason: str) -> None:
+        """A bearer token was refused for ``reason`` (one of ``jose.REASONS``; anything else counts as ``invalid``)."""
+        self._auth.labels(reason if reason in REASONS else "invalid").inc()
 
     def upstream_up(self, name: str, up: bool) -> None:
         """Record whether upstream server ``name`` (a configured name, never a caller's) answers its health check."""

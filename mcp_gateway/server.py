@@ -148,6 +148,7 @@ def watch(metrics: GatewayMetrics, gateway: Gateway, verifier: JwtVerifier, tele
     watched.dropped_spans = lambda: telemetry.dropped_spans
     watched.jwks_age = verifier.keyring.age
     watched.jwks_reads = lambda: verifier.keyring.reads
+    verifier.on_refusal = metrics.auth_refused
 
 
 async def run_http(settings: Settings) -> None:

@@ -19,6 +19,7 @@ class JwksServer:
         self.body = b'{"keys": []}'
         self.fetches = 0
         self.down = False
+        self.redirect: str | None = None
         self.url = ""
         self._lock = threading.Lock()
 
@@ -42,6 +43,12 @@ def serving_jwks() -> Iterator[JwksServer]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             state._fetched()
+            if state.redirect is not None:
+                self.send_response(302)
+                self.send_header("Location", state.redirect)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if state.down:
                 self.send_response(503)
                 self.send_header("Content-Length", "0")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import audit_bench, echo_bench, gateway_bench
+from bench import audit_bench, echo_bench, gateway_bench, metrics_bench
 from bench.common import free_port, make_deployment, python_env, server_process
 from bench.report import markdown
 from bench.servers import install_diagnostic_audit
@@ -121,3 +121,10 @@ def test_replica_bench_measures_both_stores_and_counts_every_row_on_the_shared_t
     text = markdown({"machine": _machine(), "replicas": result})
     assert "Rate-limit store" in text
     assert "3 replicas" in text
+
+
+def test_metrics_bench_counts_every_metered_call() -> None:
+    report = metrics_bench.run(count=20, rounds=2)
+    assert report["metered_calls"] == 200 + 20 * 2  # warm-up and both rounds, each counted once
+    assert report["observer_us"] > 0
+    assert report["scrape_bytes"] > 0

@@ -5,6 +5,7 @@ Every test fetches from a real JWKS server on 127.0.0.1 that counts its fetches,
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import secrets
@@ -14,7 +15,9 @@ from typing import Any
 
 import anyio
 import httpx
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
@@ -24,6 +27,7 @@ from mcp_gateway.devkeys import DevKey, ensure_dev_key
 from mcp_gateway.errors import UnauthenticatedError
 from mcp_gateway.identity import JwtVerifier
 from mcp_gateway.jose import KEYS_STALE, UNKNOWN_KEY
+from mcp_gateway.jwks import parse_jwks
 from mcp_gateway.keyring import KeyRing, load_keyring
 from tests.conftest import ISSUER as GATEWAY_ISSUER
 from tests.conftest import ExampleApi, make_deployment, serving_http
@@ -252,6 +256,25 @@ async def test_a_refetch_goes_through_the_egress_guard(idp: JwksServer, keys: tu
     assert idp.count() == 1
 
 
+async def test_an_oversized_or_redirecting_answer_keeps_the_last_good_keys(
+    idp: JwksServer, keys: tuple[DevKey, DevKey]
+) -> None:
+    old, new = keys
+    idp.publish(old.jwks())
+    clock = Monotonic()
+    verifier = url_verifier(idp, clock)
+    # Valid JSON holding the new key, padded past the 1 MiB bound: refused whole, not parsed.
+    idp.body = json.dumps({"keys": new.jwks()["keys"], "padding": "x" * 1_100_000}).encode()
+    clock.now += MIN_REFRESH
+    assert not await accepted(verifier, mint(new))
+    assert verifier.keyring.generation == 0
+    idp.redirect = "http://127.0.0.1:9/elsewhere"  # never followed
+    clock.now += MIN_REFRESH
+    assert not await accepted(verifier, mint(new))
+    assert idp.count() == 3
+    assert await accepted(verifier, mint(old))
+
+
 def write_atomically(path: Path, document: dict[str, Any]) -> None:
     partial = path.with_suffix(".tmp")
     partial.write_text(json.dumps(document))
@@ -331,3 +354,39 @@ async def test_a_running_gateway_picks_up_a_rotation_over_http(
                         break
                     await anyio.sleep(0.2)
         assert "crm.customer_lookup" in await tools(new_token)
+
+
+@hypothesis.settings(
+    max_examples=60, deadline=None, suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture]
+)
+@hypothesis.given(
+    steps=st.lists(
+        st.tuples(st.floats(min_value=0, max_value=2 * MIN_REFRESH), st.integers(min_value=1, max_value=30)),
+        min_size=1,
+        max_size=25,
+    )
+)
+async def test_whatever_the_timing_of_forged_kids_fetches_are_min_refresh_apart(
+    keys: tuple[DevKey, DevKey], steps: list[tuple[float, int]]
+) -> None:
+    old, _ = keys
+    clock = Monotonic()
+    fetched_at: list[float] = []
+    document = json.dumps(old.jwks()).encode()
+
+    async def fetch(url: str) -> bytes:
+        fetched_at.append(clock.now)
+        await anyio.sleep(0)  # let the rest of the burst arrive while this fetch is in flight
+        return document
+
+    settings = identity(jwks_url="http://127.0.0.1:9/jwks")
+    verifier = JwtVerifier(settings, KeyRing(settings, parse_jwks(document), fetch=fetch, clock=clock))
+    forged = [mint(old, kid=f"forged-{index}") for index in range(30)]
+    for advance, burst in steps:
+        clock.now += advance
+        async with anyio.create_task_group() as group:
+            for token in forged[:burst]:
+                group.start_soon(verifier.verify_token, token)
+    assert all(later - earlier >= MIN_REFRESH for earlier, later in itertools.pairwise(fetched_at))
+    # The start-up read counts as an attempt: the first fetch comes a window after it at the earliest.
+    assert len(fetched_at) <= (clock.now - 1000.0) // MIN_REFRESH

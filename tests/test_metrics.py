@@ -64,6 +64,9 @@ async def test_a_scrape_after_real_calls_counts_calls_denials_stages_and_audit(
     before = samples(httpx.get(url).text)
     assert value(before, "mcp_gateway_calls_total", catalog="internal", outcome="ok") == 0
     assert await _calls(served.deployment, served.url) == ["ok", "ok", "error"]
+    stranger = served.deployment.mint("mallory", ("support",), "internal", audience="https://elsewhere.example/mcp")
+    refused = httpx.post(f"{served.url}/mcp", headers={"Authorization": f"Bearer {stranger}"}, content=b"{}")
+    assert refused.status_code == 401
 
     answer = httpx.get(url)
     assert answer.status_code == 200
@@ -84,9 +87,11 @@ async def test_a_scrape_after_real_calls_counts_calls_denials_stages_and_audit(
     assert value(scraped, "mcp_gateway_audit_commit_rows_sum") >= value(before, "mcp_gateway_audit_commit_rows_sum") + 4
     assert ("mcp_gateway_audit_queue_depth", frozenset()) in scraped
     assert value(scraped, "mcp_gateway_dropped_spans_total") == 0
+    assert value(scraped, "mcp_gateway_auth_refusals_total", reason="wrong audience") == 1
     assert 0 <= value(scraped, "mcp_gateway_jwks_age_seconds") < 300
     # Bounded labels: neither the subject nor an argument appears anywhere.
     assert "alice-secret-subject" not in answer.text
+    assert "mallory" not in answer.text
     assert "c-100" not in answer.text
 
 
@@ -150,3 +155,27 @@ def test_metrics_cannot_share_the_mcp_port(deployment: Deployment) -> None:
 
 def _render(metrics: GatewayMetrics) -> str:
     return metrics.exposition()[0].decode()
+
+
+def test_a_metrics_port_that_cannot_be_bound_stops_the_start(
+    tmp_path: Path, example_api: ExampleApi, dev_key: object
+) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        deployment = make_deployment(tmp_path, example_api, dev_key, metrics={"enabled": True, "port": port})  # type: ignore[arg-type]
+        process = subprocess.run(
+            [sys.executable, "-m", "mcp_gateway", "serve", "--transport", "streamable-http"],
+            env=deployment.env(),
+            cwd=deployment.root,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    assert process.returncode == 3  # uvicorn's start-up failure, before the MCP server starts
+    assert b"address already in use" in process.stderr.lower()

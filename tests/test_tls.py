@@ -27,7 +27,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp_gateway.config import load_settings
 from mcp_gateway.errors import ConfigError
 from mcp_gateway.transports.tls import tls_context
-from tests.conftest import Deployment, ExampleApi, make_deployment, stop
+from tests.conftest import Deployment, ExampleApi, free_port, make_deployment, stop
 
 NOW = datetime.datetime.now(datetime.UTC)
 
@@ -107,6 +107,7 @@ class TlsGateway:
     deployment: Deployment
     url: str
     audience: str
+    metrics: str
 
     def token(self, subject: str = "alice") -> str:
         return self.deployment.mint(subject, ("support",), "internal", audience=self.audience)
@@ -133,6 +134,8 @@ def _serve(root: Path, api: ExampleApi, key: Any, ca: Authority, server: Issued,
     config["http"].update({"tls_cert_file": str(server.cert), "tls_key_file": str(server.key)})
     if mutual:
         config["http"]["tls_client_ca_file"] = str(ca.bundle)
+    metrics_port = free_port()
+    config["metrics"] = {"enabled": True, "port": metrics_port}
     deployment.config.write_text(yaml.safe_dump(config))
     process = subprocess.Popen(
         [sys.executable, "-m", "mcp_gateway", "serve", "--transport", "streamable-http"],
@@ -151,7 +154,7 @@ def _serve(root: Path, api: ExampleApi, key: Any, ca: Authority, server: Issued,
             except httpx.HTTPError:
                 assert time.monotonic() < deadline, "the gateway did not come up over https"
                 time.sleep(0.1)
-        yield TlsGateway(deployment, url, audience)
+        yield TlsGateway(deployment, url, audience, f"https://127.0.0.1:{metrics_port}/metrics")
     finally:
         stop(process)
 
@@ -230,6 +233,18 @@ async def test_mutual_tls_accepts_a_client_certificate_from_the_ca(mtls_gateway:
     assert content["id"] == "c-100"
 
 
+def test_the_metrics_listener_serves_with_the_same_certificate_and_client_ca(
+    tls_gateway: TlsGateway, mtls_gateway: TlsGateway, pki: Any
+) -> None:
+    ca, _, _, agent, _ = pki
+    assert "mcp_gateway_calls_total" in httpx.get(tls_gateway.metrics, verify=ca.trusting()).text
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(tls_gateway.metrics.replace("https://", "http://"), timeout=5)
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(mtls_gateway.metrics, verify=ca.trusting(), timeout=5).raise_for_status()
+    assert httpx.get(mtls_gateway.metrics, verify=ca.trusting(agent)).status_code == 200
+
+
 def _config(deployment: Deployment, **http: Any) -> Path:
     config = yaml.safe_load(deployment.config.read_text())
     config["identity"]["audience"] = "https://gateway.example/mcp"
@@ -281,3 +296,18 @@ def test_a_key_that_is_not_the_certificates_or_not_pem_is_named(deployment: Depl
     assert context is not None
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+def test_config_check_names_a_key_that_does_not_fit_its_certificate(deployment: Deployment, pki: Any) -> None:
+    from typer.testing import CliRunner
+
+    from mcp_gateway.cli.app import app
+
+    _, _, server, agent, _ = pki
+    config = _config(deployment, tls_cert_file=str(server.cert), tls_key_file=str(agent.key))
+    result = CliRunner().invoke(app, ["config", "check", "--config", str(config)], env=deployment.env())
+    assert result.exit_code == 2
+    assert str(server.cert) in "".join(result.output.split())  # rich may wrap a long path
+    good = _config(deployment, tls_key_file=str(server.key))
+    result = CliRunner().invoke(app, ["config", "check", "--config", str(good)], env=deployment.env())
+    assert result.exit_code == 0, result.output
