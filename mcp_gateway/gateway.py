@@ -95,16 +95,19 @@ class Gateway:
         return self._config.catalogs
 
     async def aclose(self) -> None:
-        """Close the backends' connection pools and the break-glass store (the audit trail is closed by its owner)."""
+        """Close the backends' connection pools, the bucket and break-glass stores (the audit trail is closed by its
+        owner)."""
         await self.backends.aclose()
+        self.limiter.close()
         if self.breakglass is not None:
             self.breakglass.close()
 
     def ready(self) -> tuple[bool, str | None]:
-        """Whether a call could be served now: a write to the audit trail commits within its bound (policy and
-        catalogs are loaded before the gateway starts, and a broken reload keeps the last good version).
-        Blocking, for up to ``audit.write_timeout``: call it off the event loop."""
-        reason = self.audit.writable()
+        """Whether a call could be served now: a write to the audit trail commits within its bound, and a shared
+        rate-limit store answers (policy and catalogs are loaded before the gateway starts, and a broken reload
+        keeps the last good version). Blocking, for up to ``audit.write_timeout`` plus ``limits.timeout``: call it
+        off the event loop."""
+        reason = self.audit.writable() or self.limiter.store.ping()
         return reason is None, reason
 
     def reload(self, actor: str = "gateway") -> ReloadReport:

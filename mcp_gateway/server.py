@@ -21,6 +21,7 @@ from mcp_gateway.gateway import Gateway
 from mcp_gateway.identity import JwtVerifier
 from mcp_gateway.keyring import load_keyring
 from mcp_gateway.policy import PolicyEngine
+from mcp_gateway.ratelimit import RateLimiter, open_bucket_store
 from mcp_gateway.telemetry import Telemetry, current_trace_id, setup_telemetry, tracer
 from mcp_gateway.transports import stdio
 from mcp_gateway.transports.handlers import freeze_startup_heap
@@ -69,7 +70,8 @@ def build_gateway(settings: Settings, metrics: GatewayMetrics | None = None) -> 
 
     Raises:
         ConfigError: a policy or catalog does not load.
-        UnavailableError: the audit database cannot be opened.
+        UnavailableError: the audit database (or, with ``limits.store: database``, the bucket database) cannot be
+            opened.
     """
     policy = PolicyEngine(settings.policies_dir)
     audit = AuditLog(
@@ -82,7 +84,16 @@ def build_gateway(settings: Settings, metrics: GatewayMetrics | None = None) -> 
     if metrics is not None:
         audit.on_commit = metrics.audit_committed
     backends = build_backends(settings)
-    gateway = Gateway(settings, audit=audit, policy=policy, backends=backends, breakglass=breakglass, metrics=metrics)
+    limiter = RateLimiter(open_bucket_store(settings.limits, settings.database_url))
+    gateway = Gateway(
+        settings,
+        audit=audit,
+        policy=policy,
+        backends=backends,
+        limiter=limiter,
+        breakglass=breakglass,
+        metrics=metrics,
+    )
     with tracer.start_as_current_span("gateway.start"):
         audit.record(
             AuditEntry(

@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from mcp_gateway.config.base import ALLOWED_ALGORITHMS
 from mcp_gateway.config.boundary import EgressSettings, HttpSettings, IdentitySettings
 from mcp_gateway.config.evidence import AuditSettings, MetricsSettings, TelemetrySettings
+from mcp_gateway.config.limits import LimitsSettings
 from mcp_gateway.config.people import AdminSettings, BreakGlassSettings, ConsoleSettings
 from mcp_gateway.errors import ConfigError
 
@@ -34,6 +35,7 @@ __all__ = [
     "EgressSettings",
     "HttpSettings",
     "IdentitySettings",
+    "LimitsSettings",
     "MetricsSettings",
     "Settings",
     "TelemetrySettings",
@@ -69,6 +71,7 @@ class Settings(BaseSettings):
     breakglass: BreakGlassSettings = BreakGlassSettings()
     console: ConsoleSettings = ConsoleSettings()
     admin: AdminSettings = AdminSettings()
+    limits: LimitsSettings = LimitsSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -127,6 +130,13 @@ def _resolve(base: Path, value: Any) -> Any:
     return value
 
 
+def _resolve_sqlite(base: Path, url: str) -> str:
+    """A relative ``sqlite:///`` path is relative to the config file's folder, like every other path in it."""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        return "sqlite:///" + str(base / url.removeprefix("sqlite:///"))
+    return url
+
+
 def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     """Load settings from ``path`` (default: ``$MCP_GATEWAY_CONFIG`` or ``mcp-gateway.yaml``).
 
@@ -160,10 +170,13 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
             if key in http:
                 http[key] = _resolve(base, http[key])
     url = data.get("database_url")
-    if isinstance(url, str) and url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-        data["database_url"] = "sqlite:///" + str(base / url.removeprefix("sqlite:///"))
+    if isinstance(url, str):
+        data["database_url"] = _resolve_sqlite(base, url)
     elif url is None:
         data["database_url"] = "sqlite:///" + str(Path(data["state_dir"]) / "audit.db")
+    limits = data.get("limits")
+    if isinstance(limits, dict) and isinstance(limits.get("database_url"), str):
+        limits["database_url"] = _resolve_sqlite(base, limits["database_url"])
     _check_environment(os.environ)
     try:
         settings = Settings(**data)
