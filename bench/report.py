@@ -183,6 +183,26 @@ def console_rows(result: dict[str, Any]) -> tuple[Row, list[Row]]:
     return header, rows
 
 
+def limit_store_rows(result: dict[str, Any]) -> tuple[Row, list[Row]]:
+    header = ["store", "µs per call", "x memory", "takes/s (16 callers)", "x memory"]
+    rows = [
+        [name, f"{figures['us_per_call']:,.1f}", f"{figures['ratio_per_call']:.1f}", f"{figures['takes_per_s']:,.0f}",
+         f"{figures['ratio_throughput']:.3f}"]
+        for name, figures in result["limits"].items()
+    ]  # fmt: skip
+    return header, rows
+
+
+def replica_audit_rows(result: dict[str, Any]) -> tuple[Row, list[Row]]:
+    header = ["writers", "callers each", "rows", "rows/s", "x 1 replica"]
+    rows = [
+        [name, str(figures["callers_per_process"]), f"{figures['rows']:,}", f"{figures['rows_per_s']:,.0f}",
+         f"{figures['ratio']:.2f}"]
+        for name, figures in result.get("audit", {}).items()
+    ]  # fmt: skip
+    return header, rows
+
+
 TABLES = {
     "echo": [("Echo tool: gateway vs bare mcp server (medians of rounds)", echo_rows)],
     "rest": [],
@@ -191,6 +211,10 @@ TABLES = {
     "audit": [("Durable audit appends (SQLite, WAL, synchronous=NORMAL)", audit_rows)],
     "memory": [("Resident memory of the server process", memory_rows)],
     "console": [("Console audit search: one page of 50 on a large SQLite trail", console_rows)],
+    "replicas": [
+        ("Rate-limit store: shared (database) vs in-memory, cost per admitted call", limit_store_rows),
+        ("Audit rows/s on one PostgreSQL trail: 3 writer processes vs 1 (all on the same 2 cores)", replica_audit_rows),
+    ],
 }
 TABLES["echo"].append(("REST tool: gateway vs bare MCP server vs httpx directly (HTTP, 2026-07-28)", rest_rows))
 

@@ -115,8 +115,8 @@ def _governed(config: str, transport: str, echo: str, audit: str) -> None:
 
     build_gateway = server_module.build_gateway
 
-    def build(settings: Any) -> Any:
-        gateway = build_gateway(settings)
+    def build(settings: Any, metrics: Any = None) -> Any:
+        gateway = build_gateway(settings, metrics)
         if echo == "local":
             gateway.backends.use("http", LocalEcho())
         install_diagnostic_audit(gateway, audit)

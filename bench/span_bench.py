@@ -66,7 +66,7 @@ async def calls(gateway: Gateway, count: int) -> float:
 def run(count: int, rounds: int = 3) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         settings = Settings(
-            identity={"issuer": "i", "audience": "a", "jwks_file": Path(folder) / "none.json"},  # type: ignore[arg-type]
+            identity={"issuer": "i", "audience": "https://gateway.bench/mcp", "jwks_file": Path(folder) / "none.json"},  # type: ignore[arg-type]
             catalogs_dir=ROOT / "catalogs",
             policies_dir=ROOT / "policies",
             egress={"allow": ["http://127.0.0.1:8081"]},  # type: ignore[arg-type]

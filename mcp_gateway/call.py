@@ -19,6 +19,7 @@ from mcp_gateway.telemetry import (
     ATTR_RULE,
     ATTR_SUBJECT,
     ATTR_TOOL_DIGEST,
+    CallObserver,
     CallTimer,
     current_span_id,
     current_trace_id,
@@ -94,12 +95,20 @@ class CallRecord:
         self.entry.detail = {**(self.entry.detail or {}), **detail}
 
     @classmethod
-    def open(cls, principal: Principal, name: str, request_id: str, policy_version: str) -> CallRecord:
-        """The record of a call that has only just arrived: denied, with no outcome, until a stage says otherwise."""
+    def open(
+        cls,
+        principal: Principal,
+        name: str,
+        request_id: str,
+        policy_version: str,
+        observer: CallObserver | None = None,
+    ) -> CallRecord:
+        """The record of a call that has only just arrived: denied, with no outcome, until a stage says otherwise;
+        ``observer`` (the gateway's metrics) is told of its end."""
         detail = caller_detail(principal, name, current_span_id())
         entry = caller_entry(principal, CALL, request_id, policy_version, decision="deny", outcome="", detail=detail)
         entry.tool = audited_name(name)
-        return cls(entry, CallTimer(), time.perf_counter())
+        return cls(entry, CallTimer(observer), time.perf_counter())
 
 
 def span_attributes(entry: AuditEntry) -> dict[str, Any]:

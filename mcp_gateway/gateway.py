@@ -24,7 +24,7 @@ import time
 from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import mcp_types as types
@@ -52,6 +52,9 @@ from mcp_gateway.policy import PolicyEngine, PolicySnapshot
 from mcp_gateway.ratelimit import RateLimiter
 from mcp_gateway.reload import Reloader, ReloadReport
 
+if TYPE_CHECKING:  # only the type: prometheus_client is imported only when metrics are served
+    from mcp_gateway.metrics import GatewayMetrics
+
 __all__ = ["Gateway"]
 
 logger = logging.getLogger(__name__)
@@ -75,8 +78,10 @@ class Gateway:
         backends: Backends,
         limiter: RateLimiter | None = None,
         breakglass: BreakGlass | None = None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
-        """Load catalogs and wire the components. Without ``breakglass``, no grant applies and held calls fail closed.
+        """Load catalogs and wire the components. Without ``breakglass``, no grant applies and held calls fail closed;
+        ``metrics`` (when ``metrics.enabled``) is told of every call's end, and of upstream health (``upstream_up``).
 
         Raises:
             ConfigError: a catalog does not load; the gateway refuses to start.
@@ -92,6 +97,7 @@ class Gateway:
         self.federation: Federation | None = None
         self._merged: tuple[CatalogSet, str, CatalogSet] | None = None
         self.watchers = ToolWatchers(_send_list_changed)
+        self.metrics = metrics
 
     @property
     def catalogs(self) -> CatalogSet:
@@ -127,18 +133,21 @@ class Gateway:
         return tuple(tool.name for tool in self.visible_tools(principal) + self._granted(principal))
 
     async def aclose(self) -> None:
-        """Close the backends' connection pools and the break-glass store (the audit trail is closed by its owner)."""
+        """Close the federation's sessions, the backends' connection pools, the bucket and break-glass stores (the audit
+        trail is closed by its owner)."""
         if self.federation is not None:
             await self.federation.aclose()
         await self.backends.aclose()
+        self.limiter.close()
         if self.breakglass is not None:
             self.breakglass.close()
 
     def ready(self) -> tuple[bool, str | None]:
-        """Whether a call could be served now: a write to the audit trail commits within its bound (policy and
-        catalogs are loaded before the gateway starts, and a broken reload keeps the last good version).
-        Blocking, for up to ``audit.write_timeout``: call it off the event loop."""
-        reason = self.audit.writable()
+        """Whether a call could be served now: a write to the audit trail commits within its bound, and a shared
+        rate-limit store answers (policy and catalogs are loaded before the gateway starts, and a broken reload
+        keeps the last good version). Blocking, for up to ``audit.write_timeout`` plus ``limits.timeout``: call it
+        off the event loop."""
+        reason = self.audit.writable() or self.limiter.store.ping()
         return reason is None, reason
 
     def reload(self, actor: str = "gateway") -> ReloadReport:
@@ -237,7 +246,7 @@ class Gateway:
         """
         # One snapshot of policy and catalogs for the whole call: a reload mid-call does not change its rules.
         snapshot, catalogs = self.policy.snapshot, self.catalogs
-        call = CallRecord.open(principal, name, request_id, snapshot.version)
+        call = CallRecord.open(principal, name, request_id, snapshot.version, self.metrics)
         arguments = arguments or {}
         try:
             tool = self._admit(call, principal, name, catalogs, snapshot)

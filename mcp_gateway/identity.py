@@ -48,12 +48,14 @@ from mcp_gateway.jose import (
     string_list,
 )
 from mcp_gateway.jwks import KEY_FITS, JwkSet, VerificationKey, load_jwks, parse_jwks
+from mcp_gateway.keyring import KeyRing
 
 __all__ = [
     "Catalog",
     "GatewayAccessToken",
     "JwkSet",
     "JwtVerifier",
+    "KeyRing",
     "Principal",
     "VerificationKey",
     "load_jwks",
@@ -117,6 +119,12 @@ class GatewayAccessToken(AccessToken):
 class _CacheEntry:
     principal: Principal
     valid_until: float
+    # The key ring's generation the token was verified under: after a rotation it is verified afresh.
+    generation: int
+
+
+class _UnknownKidError(UnauthenticatedError):
+    """The token's kid is not in the keys in force: the one refusal a JWKS re-read may cure."""
 
 
 class JwtVerifier:
@@ -124,13 +132,14 @@ class JwtVerifier:
 
     Implements the MCP SDK's ``TokenVerifier`` protocol through ``verify_token``. A verified principal is
     cached by the token's SHA-256 until the token's ``exp`` plus leeway by ``clock``, so an expired token
-    stops working mid-session even though it was once accepted.
+    stops working mid-session even though it was once accepted, and until the keys change, so a token signed
+    with a key the IdP removed stops working at the re-read that removes it (``keyring.KeyRing``).
     """
 
     def __init__(
         self,
         settings: IdentitySettings,
-        keys: JwkSet,
+        keys: JwkSet | KeyRing,
         *,
         clock: Callable[[], float] = time.time,
         cache_size: int = CACHE_SIZE,
@@ -139,12 +148,15 @@ class JwtVerifier:
 
         Args:
             settings: Issuer, audience, algorithms and limits.
-            keys: The JWKS tokens are verified against; see ``load_jwks``.
+            keys: The keys tokens are verified against: a ring kept current (``keyring.load_keyring``), or a
+                fixed set (``load_jwks``).
             clock: Returns the current time in epoch seconds; tests pass a fake one.
             cache_size: How many verified tokens to remember; the oldest is evicted first.
         """
         self._settings = settings
-        self._keys = keys
+        self._ring = keys if isinstance(keys, KeyRing) else KeyRing.fixed(keys)
+        # Told the reason of every bearer token refused over HTTP (metrics.GatewayMetrics.auth_refused).
+        self.on_refusal: Callable[[str], None] | None = None
         self._clock = clock
         self._cache_size = max(cache_size, 0)
         self._cache: dict[bytes, _CacheEntry] = {}
@@ -171,18 +183,25 @@ class JwtVerifier:
             raise UnauthenticatedError(f"token is larger than {self._settings.max_token_bytes} bytes", reason=MALFORMED)
         if not token.isascii():
             raise UnauthenticatedError("token is not a compact JWS of three base64url segments", reason=MALFORMED)
+        keys = self._ring.current()  # fails closed once the keys are stale, cached tokens included
+        generation = self._ring.generation
         digest = hashlib.sha256(token.encode()).digest()
         now = self._clock()
         entry = self._cache.get(digest)
-        if entry is not None:
+        if entry is not None and entry.generation == generation:
             if now < entry.valid_until:
                 return entry.principal
             with self._lock:
                 self._cache.pop(digest, None)
             raise UnauthenticatedError("token expired", reason=EXPIRED)
-        principal = self._verify_uncached(token, now)
-        self._remember(digest, _CacheEntry(principal, principal.expires_at + self._settings.leeway))
+        principal = self._verify_uncached(token, now, keys)
+        self._remember(digest, _CacheEntry(principal, principal.expires_at + self._settings.leeway, generation))
         return principal
+
+    @property
+    def keyring(self) -> KeyRing:
+        """The keys this verifier checks signatures against; serving runs ``keyring.running()`` beside it."""
+        return self._ring
 
     async def verify_token(self, token: str) -> AccessToken | None:
         """The MCP SDK's ``TokenVerifier`` hook: an access token for a valid bearer token, else ``None``.
@@ -194,9 +213,17 @@ class JwtVerifier:
             A ``GatewayAccessToken`` carrying the principal, or ``None`` for any unacceptable token.
         """
         try:
-            principal = self.verify(token)
+            try:
+                principal = self.verify(token)
+            except _UnknownKidError:
+                # Perhaps the IdP rotated: re-read the JWKS (rate-limited, one read for every waiting caller).
+                if not await self._ring.refresh_for_unknown_kid():
+                    raise
+                principal = self.verify(token)
         except UnauthenticatedError as exc:
             logger.info("bearer token refused: %s", exc)
+            if self.on_refusal is not None:
+                self.on_refusal(exc.reason)
             return None
         return GatewayAccessToken(
             token=token,
@@ -219,12 +246,12 @@ class JwtVerifier:
                 del self._cache[next(iter(self._cache))]
             self._cache[digest] = entry
 
-    def _verify_uncached(self, token: str, now: float) -> Principal:
+    def _verify_uncached(self, token: str, now: float, keys: JwkSet) -> Principal:
         if not _COMPACT_JWS.fullmatch(token):
             raise UnauthenticatedError("token is not a compact JWS of three base64url segments", reason=MALFORMED)
         header_segment, payload_segment, signature_segment = token.split(".")
         header = json_object(b64url_decode(header_segment, "header"), "header")
-        key, algorithm = self._select_key(header)
+        key, algorithm = self._select_key(header, keys)
         signing_input = f"{header_segment}.{payload_segment}".encode("ascii")
         signature = b64url_decode(signature_segment, "signature")
         try:
@@ -238,7 +265,7 @@ class JwtVerifier:
         claims = json_object(b64url_decode(payload_segment, "payload"), "payload")
         return self._principal(claims, now)
 
-    def _select_key(self, header: dict[str, Any]) -> tuple[Any, Algorithm]:
+    def _select_key(self, header: dict[str, Any], keys: JwkSet) -> tuple[Any, Algorithm]:
         for name in _KEY_BEARING_HEADERS:
             if name in header:
                 raise UnauthenticatedError(
@@ -262,9 +289,9 @@ class JwtVerifier:
             raise UnauthenticatedError("header has no kid", reason=UNKNOWN_KEY)
         if not isinstance(kid, str):
             raise UnauthenticatedError("header kid is not a string", reason=UNKNOWN_KEY)
-        entry = self._keys.keys.get(kid)
+        entry = keys.keys.get(kid)
         if entry is None:
-            raise UnauthenticatedError(f"header kid {shown(kid)} is not in the JWKS", reason=UNKNOWN_KEY)
+            raise _UnknownKidError(f"header kid {shown(kid)} is not in the JWKS", reason=UNKNOWN_KEY)
         kty, curves = KEY_FITS[alg]
         if entry.kty != kty or entry.crv not in curves or (entry.alg is not None and entry.alg != alg):
             raise UnauthenticatedError(

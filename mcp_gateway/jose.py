@@ -20,6 +20,7 @@ __all__ = [
     "BAD_SIGNATURE",
     "EXPIRED",
     "INVALID_CLAIMS",
+    "KEYS_STALE",
     "LIFETIME_TOO_LONG",
     "MALFORMED",
     "NOT_YET_VALID",
@@ -49,6 +50,8 @@ MALFORMED = "malformed"
 LIFETIME_TOO_LONG = "lifetime too long"
 UNACCEPTABLE_HEADER = "unacceptable header"
 INVALID_CLAIMS = "invalid claims"
+# The JWKS could not be read for longer than identity.jwks_max_stale: every token is refused (fail closed).
+KEYS_STALE = "keys stale"
 REASONS = frozenset(
     {
         EXPIRED,
@@ -61,6 +64,7 @@ REASONS = frozenset(
         LIFETIME_TOO_LONG,
         UNACCEPTABLE_HEADER,
         INVALID_CLAIMS,
+        KEYS_STALE,
     }
 )
 

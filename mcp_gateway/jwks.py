@@ -21,7 +21,7 @@ from mcp_gateway.config import IdentitySettings
 from mcp_gateway.errors import ConfigError
 from mcp_gateway.jose import unique_pairs
 
-__all__ = ["KEY_FITS", "JwkSet", "VerificationKey", "load_jwks", "parse_jwks"]
+__all__ = ["KEY_FITS", "JwkSet", "VerificationKey", "load_jwks", "parse_jwks", "read_jwks"]
 
 # Which JWK a signature algorithm may use. HS* and `none` are absent on purpose: no key fits them.
 KEY_FITS: Mapping[str, tuple[str, frozenset[str | None]]] = {
@@ -78,6 +78,17 @@ def load_jwks(settings: IdentitySettings, http_get: Callable[[str], bytes] | Non
     Raises:
         ConfigError: The JWKS cannot be read or is invalid; see ``parse_jwks``.
     """
+    data, source = read_jwks(settings, http_get)
+    return parse_jwks(data, source=source)
+
+
+def read_jwks(settings: IdentitySettings, http_get: Callable[[str], bytes] | None = None) -> tuple[bytes, str]:
+    """The JWKS document's bytes from ``settings.jwks_file`` or, through ``http_get``, ``settings.jwks_url``, and
+    the source's name for messages; see ``load_jwks``.
+
+    Raises:
+        ConfigError: The file cannot be read or the URL cannot be fetched.
+    """
     if settings.jwks_file is not None:
         source = str(settings.jwks_file)
         try:
@@ -94,7 +105,7 @@ def load_jwks(settings: IdentitySettings, http_get: Callable[[str], bytes] | Non
             raise ConfigError(f"identity.jwks_url {source}: cannot fetch: {exc}") from exc
     else:  # pragma: no cover - IdentitySettings requires exactly one source
         raise ConfigError("identity: set jwks_file or jwks_url")
-    return parse_jwks(data, source=source)
+    return data, source
 
 
 def parse_jwks(data: bytes | str, *, source: str = "JWKS") -> JwkSet:

@@ -4,11 +4,14 @@ A limit of ``N/period`` is a bucket holding at most ``N`` tokens that refills at
 takes one token or is refused with the time until the next token. A burst of ``N`` calls passes at once, and
 over any window of length ``t`` at most ``N + N*t/period`` calls pass.
 
-The bucket state sits behind :class:`BucketStore`, so replicas can later share it through the database: a
-store only has to make :meth:`BucketStore.take` atomic per key. ``take`` is a coroutine so that such a store can
-wait on its database without blocking the event loop. :class:`MemoryBucketStore` is the one-process store and
-the default: a lock around a dict, taken without awaiting anything, so a call costs no thread hop and no loop
-turn (and 200 threads taking at once never admit more than the bucket holds).
+The bucket state sits behind :class:`BucketStore`: a store only has to make :meth:`BucketStore.take` atomic per
+key. ``take`` is a coroutine so that a database store waits on its database without blocking the event loop.
+:class:`MemoryBucketStore` is the one-process store and the default (``limits.store: memory``): a lock around a
+dict, taken without awaiting anything, so a call costs no thread hop and no loop turn (and 200 threads taking at
+once never admit more than the bucket holds). :class:`DatabaseBucketStore` (``limits.store: database``) keeps
+one row per bucket in a database every replica shares (store/buckets.py): exact across replicas, one database
+round trip per rate-limited call (on the event loop's own connection for PostgreSQL, on a worker thread for
+SQLite), and a store that cannot answer refuses the call.
 
 Limits are applied after the policy decision (a hidden tool's limit reveals nothing) and before argument
 validation and any backend work, so a flood of malformed calls is limited too.
@@ -24,9 +27,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from mcp_gateway.config import LimitsSettings
 from mcp_gateway.errors import RateLimitedError
+from mcp_gateway.store.buckets import BucketTable, Clock
 
-__all__ = ["BucketStore", "MemoryBucketStore", "RateLimiter", "RateSpec", "parse_rate"]
+__all__ = [
+    "BucketStore",
+    "DatabaseBucketStore",
+    "MemoryBucketStore",
+    "RateLimiter",
+    "RateSpec",
+    "open_bucket_store",
+    "parse_rate",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +81,18 @@ class BucketStore(Protocol):
 
         Returns:
             0.0 when a token was taken; otherwise the seconds until one will be available (nothing is taken).
+
+        Raises:
+            UnavailableError: the store cannot answer; the call must be refused (fail closed).
         """
+        ...
+
+    def close(self) -> None:
+        """Release the store's connections and threads, if it has any."""
+        ...
+
+    def ping(self) -> str | None:
+        """None when the store can answer now, else why not (blocking, bounded: for ``/readyz``)."""
         ...
 
 
@@ -83,6 +107,12 @@ class MemoryBucketStore:
 
     def __len__(self) -> int:
         return len(self._levels)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def ping(self) -> None:
+        """Always ready: the buckets are in this process."""
 
     async def take(self, key: str, spec: RateSpec, now: float) -> float:
         # Nothing is awaited: the token is taken before the caller's task can be suspended. The lock is for other
@@ -112,12 +142,56 @@ class MemoryBucketStore:
         return len(self._levels) < self._max_keys
 
 
+class DatabaseBucketStore:
+    """Buckets as rows of a database the replicas share (store/buckets.py): exact across all of them.
+
+    The bucket's time is the database's (PostgreSQL ``clock_timestamp()``), so the ``now`` a take is given is
+    ignored unless the store was opened with ``clock="caller"`` (tests and benchmarks replaying a schedule).
+    """
+
+    def __init__(self, table: BucketTable) -> None:
+        self.table = table
+
+    @classmethod
+    def open(cls, database_url: str, settings: LimitsSettings, clock: Clock = "database") -> DatabaseBucketStore:
+        """Open the bucket table at ``database_url``.
+
+        Raises:
+            UnavailableError: the database cannot be reached (the gateway refuses to start).
+        """
+        return cls(BucketTable(database_url, timeout=settings.timeout, workers=settings.workers, clock=clock))
+
+    async def take(self, key: str, spec: RateSpec, now: float) -> float:
+        return await self.table.take(key, float(spec.count), spec.count / spec.period, now)
+
+    def close(self) -> None:
+        self.table.close()
+
+    def ping(self) -> str | None:
+        return self.table.ping()
+
+
+def open_bucket_store(settings: LimitsSettings, database_url: str) -> BucketStore:
+    """The store ``limits.store`` names; the database one at ``limits.database_url``, else ``database_url``.
+
+    Raises:
+        UnavailableError: the database store cannot reach its database.
+    """
+    if settings.store == "memory":
+        return MemoryBucketStore()
+    return DatabaseBucketStore.open(settings.database_url or database_url, settings)
+
+
 class RateLimiter:
     """Applies each tool's :class:`RateSpec` to the calling subject, through a :class:`BucketStore`."""
 
     def __init__(self, store: BucketStore | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.store: BucketStore = store if store is not None else MemoryBucketStore()
         self._clock = clock
+
+    def close(self) -> None:
+        """Close the store (its connections, for a database store)."""
+        self.store.close()
 
     @staticmethod
     def key(catalog: str, subject: str, tool: str, spec: RateSpec) -> str:

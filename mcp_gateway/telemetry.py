@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry import metrics, trace
 from opentelemetry.propagators.textmap import CarrierT
@@ -63,6 +63,7 @@ __all__ = [
     "ATTR_TOOL_DIGEST",
     "ATTR_USAGE_INPUT_TOKENS",
     "ATTR_USAGE_OUTPUT_TOKENS",
+    "CallObserver",
     "CallTimer",
     "Telemetry",
     "current_span_id",
@@ -148,14 +149,21 @@ def inject_traceparent(headers: CarrierT) -> None:
     _PROPAGATOR.inject(headers)
 
 
+class CallObserver(Protocol):
+    """Told of every call's end (``metrics.GatewayMetrics``): its catalog, outcome and stage timings in seconds."""
+
+    def call_finished(self, catalog: str, outcome: str, stages: Sequence[tuple[str, float]], total: float) -> None: ...
+
+
 class CallTimer:
-    """Stage timings of one call, put on the SDK's server span in one go when the call ends."""
+    """Stage timings of one call, put on the SDK's server span (and handed to ``observer``) when the call ends."""
 
-    __slots__ = ("marks", "started")
+    __slots__ = ("marks", "observer", "started")
 
-    def __init__(self) -> None:
+    def __init__(self, observer: CallObserver | None = None) -> None:
         self.started = time.time_ns()
         self.marks: list[tuple[str, int]] = []
+        self.observer = observer
 
     def mark(self, stage: str) -> None:
         """The stage ``stage`` ends now."""
@@ -172,6 +180,8 @@ class CallTimer:
         if denied:
             DENIALS.add(1, metric_attributes)
         DURATION.record((ended - self.started) / 1e9, metric_attributes)
+        if self.observer is not None:
+            self._observe(self.observer, metric_attributes[ATTR_CATALOG], error_type or "ok", ended)
         span = trace.get_current_span()
         if not span.is_recording():
             return
@@ -192,6 +202,13 @@ class CallTimer:
             for stage, at in self.marks:
                 tracer.start_span(f"mcp_gateway.{stage}", start_time=previous).end(end_time=at)
                 previous = at
+
+    def _observe(self, observer: CallObserver, catalog: str, outcome: str, ended: int) -> None:
+        stages, previous = [], self.started
+        for stage, at in self.marks:
+            stages.append((stage, (at - previous) / 1e9))
+            previous = at
+        observer.call_finished(catalog, outcome, stages, (ended - self.started) / 1e9)
 
 
 class _BoundedSpanProcessor(SpanProcessor):

@@ -12,7 +12,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ import yaml
 
 from mcp_gateway.devkeys import DevKey, ensure_dev_key
 from mcp_gateway.gateway import Gateway
+from tests.pgserver import create_database, drop_database, postgres_bin, postgres_server
 
 ROOT = Path(__file__).resolve().parent.parent
 ISSUER = "https://idp.test.internal"
@@ -199,64 +199,31 @@ def http_gateway(deployment: Deployment) -> Iterator[HttpGateway]:
 Minter = Callable[..., str]
 
 
-def _postgres_bin() -> Path | None:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    return found[-1].parent if found else None
-
-
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A real PostgreSQL server from Debian's packages, started for this test session on 127.0.0.1.
 
     `.ci/run` installs the packages; locally a missing server skips these tests (in CI it fails them).
     """
-    bindir = _postgres_bin()
+    bindir = postgres_bin()
     if bindir is None:
         if os.environ.get("CI"):
             pytest.fail("PostgreSQL is not installed; .ci/run should have installed it")
         pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
-    # Not under pytest's tmp folder: that is private to root, and the server runs as the postgres user.
-    data = Path(tempfile.mkdtemp(prefix="mcp-gateway-pg-"))
-    port = free_port()
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_postgres:
-        shutil.chown(data, "postgres")
-    subprocess.run(
-        [*as_postgres, str(bindir / "initdb"), "-D", str(data / "db"), "-U", "postgres", "--auth=trust"],
-        check=True,
-        capture_output=True,
-    )
-    options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={data}"
-    pg_ctl = [*as_postgres, str(bindir / "pg_ctl"), "-D", str(data / "db")]
-    subprocess.run([*pg_ctl, "-w", "-l", str(data / "log"), "-o", options, "start"], check=True, capture_output=True)
-    try:
-        subprocess.run(
-            [*as_postgres, str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "gateway"],
-            check=True,
-            capture_output=True,
-        )
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/gateway"
-    finally:
-        subprocess.run([*pg_ctl, "-m", "fast", "stop"], check=False, capture_output=True)
-        shutil.rmtree(data, ignore_errors=True)
+    # Enough connections for three gateway replicas, each with its trail, grant and bucket connections.
+    with postgres_server(bindir, max_connections=200) as url:
+        yield url
 
 
 @pytest.fixture
 def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
     """A database of its own on the session's PostgreSQL server, dropped afterwards: nothing another test wrote
     (records, checkpoints signed with another key, grants) is in it."""
-    import sqlalchemy
-
-    name = f"t_{secrets.token_hex(6)}"
-    admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    url = create_database(postgres_url)
     try:
-        yield postgres_url.rsplit("/", 1)[0] + f"/{name}"
+        yield url
     finally:
-        with admin.connect() as connection:
-            connection.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
+        drop_database(postgres_url, url)
 
 
 # --- the transport-free core, built from a deployment (catalogs can be edited first) ---------------------

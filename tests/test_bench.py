@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import audit_bench, echo_bench, gateway_bench
+from bench import audit_bench, echo_bench, gateway_bench, metrics_bench
 from bench.common import free_port, make_deployment, python_env, server_process
 from bench.report import markdown
 from bench.servers import install_diagnostic_audit
@@ -105,3 +105,26 @@ def test_console_bench_pages_through_a_built_trail() -> None:
     assert by_query["a subject never seen (bounded scan)"]["rows"] == 0
     assert by_query["a rare subject (1 in 100,000)"]["rows"] == 1  # record 7
     assert "Console audit search" in markdown({"console": result, "machine": _machine()})
+
+
+def test_replica_bench_measures_both_stores_and_counts_every_row_on_the_shared_trail() -> None:
+    from bench import replica_bench
+
+    result = replica_bench.run(quick=True, calls=20, rows=30, rounds=1)
+    limits = result["limits"]
+    assert set(limits) == {"memory", "postgresql", "sqlite"}
+    assert all(figures["us_per_call"] > 0 and figures["takes_per_s"] > 0 for figures in limits.values())
+    audit = result["audit"]
+    # _writers checks that the trail holds every row appended; here, that both sizes ran and were compared.
+    assert [audit[name]["processes"] for name in ("1 replica", "3 replicas")] == [1, 3]
+    assert audit["1 replica"]["ratio"] == 1.0
+    text = markdown({"machine": _machine(), "replicas": result})
+    assert "Rate-limit store" in text
+    assert "3 replicas" in text
+
+
+def test_metrics_bench_counts_every_metered_call() -> None:
+    report = metrics_bench.run(count=20, rounds=2)
+    assert report["metered_calls"] == 200 + 20 * 2  # warm-up and both rounds, each counted once
+    assert report["observer_us"] > 0
+    assert report["scrape_bytes"] > 0

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
@@ -178,6 +179,13 @@ class AuditLog:
         self._wakeup = threading.Condition()
         self._committer: threading.Thread | None = None
         self._closing = False
+        # Told of each committed transaction: seconds and rows (metrics.GatewayMetrics.audit_committed).
+        self.on_commit: Callable[[float, int], None] | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        """Rows waiting for the next group-commit transaction."""
+        return len(self._pending)
 
     def close(self) -> None:
         with self._wakeup:
@@ -222,7 +230,9 @@ class AuditLog:
             # wait for a lock; if it fails (another process is writing, or the database refuses), nothing was
             # committed and the worker thread tries once more, within its bound.
             try:
+                started = time.perf_counter()
                 inline.append([row])
+                self._committed(started, 1)
                 return str(row["hash"])
             except UnavailableError:
                 pass
@@ -276,7 +286,13 @@ class AuditLog:
             UnavailableError: nothing was committed.
         """
         with self._lock:
+            started = time.perf_counter()
             self._chain.append(rows)
+            self._committed(started, len(rows))
+
+    def _committed(self, started: float, rows: int) -> None:
+        if self.on_commit is not None:
+            self.on_commit(time.perf_counter() - started, rows)
 
     # -- reading, for the CLI and checkpoints (see store/records.py) ------------------------------------------
 

@@ -16,6 +16,7 @@ from mcp_gateway.cli.common import ConfigOption, err, out
 from mcp_gateway.config import Settings, load_settings
 from mcp_gateway.errors import ConfigError
 from mcp_gateway.policy import load_policy
+from mcp_gateway.transports.tls import tls_context
 
 __all__ = ["config_app", "serve", "token_app"]
 
@@ -47,7 +48,8 @@ def serve(
     if transport is Transport.stdio:
         anyio.run(server.serve_stdio, settings)
     else:
-        err.print(f"mcp-gateway on http://{settings.http.host}:{settings.http.port} (/mcp, /sse)")
+        scheme = "https" if settings.http.tls else "http"
+        err.print(f"mcp-gateway on {scheme}://{settings.http.host}:{settings.http.port} (/mcp, /sse)")
         anyio.run(server.run_http, settings)
 
 
@@ -60,6 +62,7 @@ def config_check(config: ConfigOption = None) -> None:
     settings = load_settings(config)
     _warn_about_allowlist(settings)
     build_verifier(settings)
+    tls_context(settings.http)
     catalogs = load_catalogs(settings.catalogs_dir, settings.egress)
     policy = load_policy(settings.policies_dir)
     for name, tools in catalogs.names().items():

@@ -18,7 +18,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from mcp_gateway.config.base import ALLOWED_ALGORITHMS
 from mcp_gateway.config.boundary import EgressSettings, HttpSettings, IdentitySettings
-from mcp_gateway.config.evidence import AuditSettings, TelemetrySettings
+from mcp_gateway.config.evidence import AuditSettings, MetricsSettings, TelemetrySettings
+from mcp_gateway.config.limits import LimitsSettings
 from mcp_gateway.config.people import AdminSettings, BreakGlassSettings, ConsoleSettings
 from mcp_gateway.errors import ConfigError
 
@@ -34,6 +35,8 @@ __all__ = [
     "EgressSettings",
     "HttpSettings",
     "IdentitySettings",
+    "LimitsSettings",
+    "MetricsSettings",
     "Settings",
     "TelemetrySettings",
     "describe_validation_error",
@@ -64,9 +67,11 @@ class Settings(BaseSettings):
     max_argument_depth: int = Field(default=32, ge=2, le=256, description="Deeper nesting of arguments is refused.")
     audit: AuditSettings = AuditSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    metrics: MetricsSettings = MetricsSettings()
     breakglass: BreakGlassSettings = BreakGlassSettings()
     console: ConsoleSettings = ConsoleSettings()
     admin: AdminSettings = AdminSettings()
+    limits: LimitsSettings = LimitsSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -87,6 +92,19 @@ class Settings(BaseSettings):
         endpoint = self.telemetry.otlp_endpoint
         if endpoint is not None and not self.egress.permits(endpoint):
             raise ValueError(f"telemetry.otlp_endpoint {endpoint!r} is not on egress.allow")
+        return self
+
+    @model_validator(mode="after")
+    def _https_origin(self) -> Settings:
+        # Behind TLS the resource callers reach is https: the audience (advertised in the RFC 9728 metadata and
+        # compared with `aud`) and the public URL must say so, or clients would be told to use plain http.
+        if self.http.tls:
+            for key, url in (("identity.audience", self.identity.audience), ("http.public_url", self.http.public_url)):
+                if url is not None and not url.startswith("https://"):
+                    raise ValueError(f"{key} must be an https:// URL when http.tls_cert_file is set")
+        metrics = self.metrics
+        if metrics.enabled and metrics.port != 0 and (metrics.host, metrics.port) == (self.http.host, self.http.port):
+            raise ValueError("metrics.port must differ from http.port: /metrics is never served on the MCP port")
         return self
 
     # Where load_settings read these settings from, and the bytes it read (configfile.py digests them at start).
@@ -110,6 +128,13 @@ def _resolve(base: Path, value: Any) -> Any:
     if isinstance(value, str) and value and not os.path.isabs(value):
         return str(base / value)
     return value
+
+
+def _resolve_sqlite(base: Path, url: str) -> str:
+    """A relative ``sqlite:///`` path is relative to the config file's folder, like every other path in it."""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        return "sqlite:///" + str(base / url.removeprefix("sqlite:///"))
+    return url
 
 
 def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
@@ -139,11 +164,19 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     identity = data.get("identity")
     if isinstance(identity, dict) and "jwks_file" in identity:
         identity["jwks_file"] = _resolve(base, identity["jwks_file"])
+    http = data.get("http")
+    if isinstance(http, dict):
+        for key in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+            if key in http:
+                http[key] = _resolve(base, http[key])
     url = data.get("database_url")
-    if isinstance(url, str) and url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-        data["database_url"] = "sqlite:///" + str(base / url.removeprefix("sqlite:///"))
+    if isinstance(url, str):
+        data["database_url"] = _resolve_sqlite(base, url)
     elif url is None:
         data["database_url"] = "sqlite:///" + str(Path(data["state_dir"]) / "audit.db")
+    limits = data.get("limits")
+    if isinstance(limits, dict) and isinstance(limits.get("database_url"), str):
+        limits["database_url"] = _resolve_sqlite(base, limits["database_url"])
     _check_environment(os.environ)
     try:
         settings = Settings(**data)

@@ -31,6 +31,28 @@ class IdentitySettings(Section):
     max_token_bytes: int = Field(
         default=8192, ge=512, le=65_536, description="Security: larger tokens are refused before they are parsed."
     )
+    # Key rotation (keyring.py): the JWKS is re-read on a timer and on a token naming an unknown kid.
+    jwks_refresh: float = Field(
+        default=300.0,
+        gt=0,
+        le=86_400,
+        description="Seconds between re-reads of the JWKS (URL fetched, file re-read if it changed); a key the IdP "
+        "removed stops verifying after the next one.",
+    )
+    jwks_min_refresh: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Security: a token naming an unknown kid re-reads the JWKS at most once per this many seconds, "
+        "so a flood of forged kids cannot hammer the IdP.",
+    )
+    jwks_max_stale: float = Field(
+        default=86_400.0,
+        gt=0,
+        le=7 * 86_400,
+        description="Security: seconds the last good keys keep serving while the JWKS cannot be read; then every "
+        "token is refused (reason: keys stale) until a read succeeds.",
+    )
 
     @field_validator("audience")
     @classmethod
@@ -71,6 +93,10 @@ class IdentitySettings(Section):
     def _one_key_source(self) -> IdentitySettings:
         if (self.jwks_file is None) == (self.jwks_url is None):
             raise ValueError("set exactly one of identity.jwks_file and identity.jwks_url")
+        if self.jwks_min_refresh > self.jwks_refresh:
+            raise ValueError("identity.jwks_min_refresh must not exceed identity.jwks_refresh")
+        if self.jwks_max_stale < self.jwks_refresh:
+            raise ValueError("identity.jwks_max_stale must be at least identity.jwks_refresh")
         return self
 
 
@@ -150,9 +176,44 @@ class HttpSettings(Section):
         le=100_000,
         description="Answers an SSE session may leave unread on its stream; past it the session is closed.",
     )
+    # Inbound TLS (transports/tls.py): with both files set the port speaks only HTTPS.
+    tls_cert_file: Path | None = Field(
+        default=None, description="PEM certificate chain served on the HTTP port; set with tls_key_file for HTTPS."
+    )
+    tls_key_file: Path | None = Field(default=None, description="Security: PEM private key of tls_cert_file.")
+    tls_client_ca_file: Path | None = Field(
+        default=None,
+        description="Security: PEM CA bundle for mutual TLS; when set, every connection must present a client "
+        "certificate it signed.",
+    )
 
     _browser_origins = field_validator("allowed_origins")(checked_origins)
 
+    @field_validator("tls_cert_file", "tls_key_file", "tls_client_ca_file")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                with value.open("rb") as file:
+                    file.read(1)
+            except OSError as exc:
+                raise ValueError(f"cannot read {value}: {exc.strerror or exc}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> HttpSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("set both http.tls_cert_file and http.tls_key_file, or neither")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("http.tls_client_ca_file (mutual TLS) needs http.tls_cert_file and http.tls_key_file")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """True when the port speaks HTTPS."""
+        return self.tls_cert_file is not None
+
     @property
     def base_url(self) -> str:
-        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+        scheme = "https" if self.tls else "http"
+        return (self.public_url or f"{scheme}://{self.host}:{self.port}").rstrip("/")

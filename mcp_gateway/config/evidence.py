@@ -1,4 +1,4 @@
-"""The evidence plane's settings: the audit trail and OpenTelemetry."""
+"""The evidence plane's settings: the audit trail, OpenTelemetry, and the Prometheus endpoint."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pydantic import Field
 
 from mcp_gateway.config.base import Section
 
-__all__ = ["AuditSettings", "TelemetrySettings"]
+__all__ = ["AuditSettings", "MetricsSettings", "TelemetrySettings"]
 
 
 class AuditSettings(Section):
@@ -62,3 +62,15 @@ class TelemetrySettings(Section):
     export_timeout: float = Field(default=5.0, gt=0, le=60, description="Seconds one span export may take.")
     schedule_delay: float = Field(default=1.0, gt=0, le=60, description="Seconds between span exports.")
     metric_interval: float = Field(default=15.0, gt=0, description="Seconds between metric exports.")
+
+
+class MetricsSettings(Section):
+    """A Prometheus text endpoint (``/metrics``) on its own listener, never on the MCP port (docs/operations.md)."""
+
+    enabled: bool = Field(default=False, description="Serve /metrics on metrics.host:metrics.port (HTTP transports).")
+    host: str = Field(
+        default="127.0.0.1",
+        description="Security: where /metrics listens; loopback by default. It carries no subjects or arguments, "
+        "but bind it only where the scraper can reach it.",
+    )
+    port: int = Field(default=9464, ge=0, le=65_535, description="The metrics port (0: any free port).")

@@ -7,6 +7,7 @@ enforces it); the rest of the gateway sees rows as dicts and failures as :class:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ Durability = Literal["process", "power"]
 # How long a connection waits for another writer's lock before SQLite answers "database is locked". Connections
 # that serve a call set their own, shorter, bound (see store/chain.py and store/probe.py).
 BUSY_TIMEOUT_MS = 5000
+_PG_DDL_LOCK = 0x6D6370_64646C  # "mcp" "ddl": one advisory lock for table creation
 
 
 def unavailable(what: str, exc: BaseException) -> UnavailableError:
@@ -66,7 +68,7 @@ def _trail_pragmas(durability: Durability) -> Callable[[Any, Any], None]:
     return on_connect
 
 
-def open_engine(url: str, durability: Durability | None = None) -> Engine:
+def open_engine(url: str, durability: Durability | None = None, *, connect_timeout: float | None = None) -> Engine:
     """An engine for ``url``. Connecting is lazy: :func:`create_tables` is the first to reach the database.
 
     Args:
@@ -75,6 +77,7 @@ def open_engine(url: str, durability: Durability | None = None) -> Engine:
             row survives the gateway being killed) or ``FULL`` (``power``: it survives power loss), autocommit at
             the driver (the chain writer opens its own transactions). None (the break-glass tables): SQLite's
             defaults, with only the busy timeout set so that several processes wait for each other.
+        connect_timeout: PostgreSQL: seconds a new connection may take (libpq rounds it up to 2); None: no bound.
     """
     path = _sqlite_file(url)
     if url.startswith("sqlite"):
@@ -84,7 +87,8 @@ def open_engine(url: str, durability: Durability | None = None) -> Engine:
         event.listen(engine, "connect", _busy_timeout if durability is None else _trail_pragmas(durability))
         return engine
     # PostgreSQL keeps its default synchronous_commit=on at both levels: a commit is flushed to the WAL.
-    return create_engine(url, pool_pre_ping=True)
+    connect_args = {} if connect_timeout is None else {"connect_timeout": max(2, math.ceil(connect_timeout))}
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
 def create_tables(engine: Engine, tables: Sequence[Table], what: str) -> None:
@@ -94,7 +98,8 @@ def create_tables(engine: Engine, tables: Sequence[Table], what: str) -> None:
     table in between, so the check and the creation run under SQLite's write lock and a second process waits
     (busy_timeout), then finds the tables. SQLite can also answer "database is locked" at once, without waiting
     out the busy timeout, in some lock upgrades (switching a brand-new file to WAL among several openers), so
-    start-up waits briefly and tries again. PostgreSQL DDL is transactional.
+    start-up waits briefly and tries again. PostgreSQL DDL is transactional, and creators take turns under an
+    advisory lock.
 
     Raises:
         UnavailableError: the database stays locked, or cannot be reached or written.
@@ -102,7 +107,11 @@ def create_tables(engine: Engine, tables: Sequence[Table], what: str) -> None:
     for attempt in range(5):
         try:
             if engine.dialect.name != "sqlite":
-                SQLModel.metadata.create_all(engine, tables=list(tables))
+                with engine.begin() as connection:
+                    # Replicas starting at once on a new database: CREATE TABLE IF NOT EXISTS races on PostgreSQL's
+                    # catalog (a duplicate key in pg_type), so creators take turns; the second finds the tables.
+                    connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_DDL_LOCK})")
+                    SQLModel.metadata.create_all(connection, tables=list(tables))
                 return
             with engine.connect() as connection:
                 connection.exec_driver_sql("BEGIN IMMEDIATE")

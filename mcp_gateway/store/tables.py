@@ -1,6 +1,8 @@
-"""The tables, as SQLModel classes: the audit trail and its checkpoints, break-glass grants and held calls.
+"""The tables, as SQLModel classes: the audit trail and its checkpoints, break-glass grants and held calls, and
+rate-limit buckets.
 
-They all live in one database, so every replica sees the same trail, grants and approvals.
+They all live in one database, so every replica sees the same trail, grants, approvals and (with
+``limits.store: database``) buckets.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ __all__ = [
     "GRANT_TABLE",
     "HELD_CALL_TABLE",
     "PROBE_TABLE",
+    "RATE_BUCKET_TABLE",
     "RECORD_TABLE",
     "AuditCheckpoint",
     "AuditRecord",
     "BreakGlassGrant",
     "HeldCall",
+    "RateBucket",
     "WriteProbe",
 ]
 
@@ -116,10 +120,28 @@ class WriteProbe(SQLModel, table=True):
     ts: float
 
 
+class RateBucket(SQLModel, table=True):
+    """One token bucket shared by every replica (see store/buckets.py): its level at ``at``, by the database's clock.
+
+    ``key`` is the sha256 of the limiter's bucket key (catalog, subject, tool and limit), so a hostile subject can
+    neither grow the index nor carry a NUL byte into it.
+    """
+
+    __tablename__ = "rate_bucket"
+
+    key: str = Field(primary_key=True, max_length=64)
+    tokens: float
+    at: float  # seconds since the epoch
+    capacity: float
+    rate: float  # tokens per second
+    admitted: bool  # whether the latest take took a token (the row after the update cannot tell otherwise)
+
+
 RECORD_TABLE: Table = AuditRecord.__table__  # type: ignore[attr-defined]
 CHECKPOINT_TABLE: Table = AuditCheckpoint.__table__  # type: ignore[attr-defined]
 GRANT_TABLE: Table = BreakGlassGrant.__table__  # type: ignore[attr-defined]
 HELD_CALL_TABLE: Table = HeldCall.__table__  # type: ignore[attr-defined]
 PROBE_TABLE: Table = WriteProbe.__table__  # type: ignore[attr-defined]
+RATE_BUCKET_TABLE: Table = RateBucket.__table__  # type: ignore[attr-defined]
 # The trail's column names, in table order: what audit/log.py hashes (all but id and hash) without SQL.
 AUDIT_COLUMNS: tuple[str, ...] = tuple(column.name for column in RECORD_TABLE.columns)

@@ -137,7 +137,8 @@ def _security(settings: Settings) -> tuple[TransportSecuritySettings, frozenset[
     hosts = {f"{http.host}:{http.port}", base.netloc, "127.0.0.1:*", "localhost:*", "[::1]:*"}
     origins = {origin_of(http.base_url), *(origin_of(origin) for origin in http.allowed_origins)}
     if http.host in ("127.0.0.1", "localhost", "::1"):
-        origins |= {f"http://127.0.0.1:{http.port}", f"http://localhost:{http.port}"}
+        scheme = "https" if http.tls else "http"
+        origins |= {f"{scheme}://127.0.0.1:{http.port}", f"{scheme}://localhost:{http.port}"}
     # The SDK compares the Origin header verbatim, and browsers leave a default port out.
     security = TransportSecuritySettings(
         enable_dns_rebinding_protection=True,
@@ -192,7 +193,13 @@ def build_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         interval = settings.audit.checkpoint_interval
-        async with manager.run(), reloading(gateway), federating(gateway), checkpointing(checkpointer, interval):
+        async with (
+            manager.run(),
+            reloading(gateway),
+            federating(gateway),
+            checkpointing(checkpointer, interval),
+            verifier.keyring.running(),
+        ):
             yield
         await gateway.aclose()
 

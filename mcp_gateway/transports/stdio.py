@@ -129,6 +129,7 @@ async def serve(gateway: Gateway, verifier: JwtVerifier, checkpointer: Checkpoin
             reloading(gateway),
             federating(gateway),
             checkpointing(checkpointer, gateway.settings.audit.checkpoint_interval),
+            verifier.keyring.running(),
             anyio.create_task_group() as group,
         ):
             group.start_soon(_answer, refusals_out, write_stream)
