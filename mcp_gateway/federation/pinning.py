@@ -9,7 +9,7 @@ poisoning findings is refused unless the operator accepts them, and the acceptan
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +23,7 @@ from mcp_gateway.changes import change_entry
 from mcp_gateway.config import EgressSettings
 from mcp_gateway.errors import ConfigError, UnavailableError
 from mcp_gateway.federation.pins import Drift, Pin, Pins, field_diff, load_pins, tool_digest, write_pins
-from mcp_gateway.federation.poisoning import Finding, findings
+from mcp_gateway.federation.poisoning import Finding, findings, other_tools
 from mcp_gateway.federation.upstream import UpstreamSession
 from mcp_gateway.operators import Operator
 
@@ -86,9 +86,19 @@ def _servers(catalogs: CatalogSet, catalog: str, server: str | None) -> list[Ser
     return [spec for name, spec in specs.items() if server is None or name == server]
 
 
-def compare(catalog: str, server: str, pinned: Mapping[str, Pin], listed: tuple[dict[str, Any], ...]) -> ServerReport:
-    """New, changed (with a field diff) and removed tools, and the findings of the new and changed ones."""
+def compare(
+    catalog: str,
+    server: str,
+    pinned: Mapping[str, Pin],
+    listed: tuple[dict[str, Any], ...],
+    neighbours: Collection[str] = (),
+) -> ServerReport:
+    """New, changed (with a field diff) and removed tools, and the findings of the new and changed ones.
+
+    ``neighbours`` are the names of the catalog's other tools, for the tool-reference check.
+    """
     now = {str(tool["name"]): tool for tool in listed}
+    others = other_tools(server, now, neighbours)
     new = tuple(sorted(name for name in now if name not in pinned))
     changed = {
         name: tuple(field_diff(dict(pinned[name].definition), tool))
@@ -96,7 +106,7 @@ def compare(catalog: str, server: str, pinned: Mapping[str, Pin], listed: tuple[
         if name in pinned and pinned[name].digest != tool_digest(tool)
     }
     removed = tuple(sorted(name for name in pinned if name not in now))
-    found = {name: tuple(findings(now[name])) for name in (*new, *changed)}
+    found = {name: tuple(findings(now[name], others - {name, f"{server}.{name}"})) for name in (*new, *changed)}
     return ServerReport(catalog, server, Drift(new, changed, removed), {k: v for k, v in found.items() if v})
 
 
@@ -113,7 +123,8 @@ async def drift_reports(
             except UnavailableError as exc:
                 reports.append(ServerReport(name, spec.name, error=str(exc)))
                 continue
-            reports.append(compare(name, spec.name, pins.servers.get(spec.name, {}), listed))
+            local = tuple(catalogs.catalogs.get(name, {}))
+            reports.append(compare(name, spec.name, pins.servers.get(spec.name, {}), listed, local))
     return reports
 
 
@@ -145,11 +156,12 @@ async def pin_tools(
     for spec in _servers(catalogs, catalog, server):
         listed = await list_upstream(catalog, spec, egress)
         chosen = [raw for raw in listed if tool is None or raw["name"] == tool]
+        others = other_tools(spec.name, [str(raw["name"]) for raw in listed], catalogs.catalogs.get(catalog, {}))
         if tool is not None and not chosen:
             raise ConfigError(f"--tool: {catalog}/{spec.name} lists no tool {tool!r}")
         for raw in chosen:
             full = f"{spec.name}.{raw['name']}"
-            found = tuple(findings(raw))
+            found = tuple(findings(raw, others - {raw["name"], full}))
             if found and not accept_findings:
                 refused[full] = found
                 continue

@@ -28,7 +28,7 @@ from mcp_gateway.config import EgressSettings
 from mcp_gateway.dlp import Action
 from mcp_gateway.errors import ConfigError
 from mcp_gateway.federation.pins import PINS_DIR, Pins, load_pins, tool_digest
-from mcp_gateway.federation.poisoning import findings
+from mcp_gateway.federation.poisoning import findings, other_tools
 from mcp_gateway.federation.upstream import UpstreamSession
 from mcp_gateway.telemetry import current_trace_id
 
@@ -70,6 +70,7 @@ class Federation:
         self._pins: dict[str, Pins] = {}
         self._published: dict[str, dict[str, ToolSpec]] = {}
         self._drifted: dict[tuple[str, str, str], str | None] = {}  # (catalog, server, tool) -> audited new digest
+        self._local: dict[str, tuple[str, ...]] = {}  # each catalog's own tools, for the tool-reference check
         self._group: TaskGroup | None = None
         self.version = digest({})
         self.on_change: Callable[[], Awaitable[None]] | None = None
@@ -89,6 +90,7 @@ class Federation:
                 self._scopes.pop(key).cancel()
                 del self.sessions[key]
         self._reload_pins(set(catalogs.servers))
+        self._local = {catalog: tuple(tools) for catalog, tools in catalogs.catalogs.items()}
         if self._group is None:
             return
         for key, spec in wanted.items():
@@ -164,10 +166,12 @@ class Federation:
         published: dict[str, dict[str, ToolSpec]] = {}
         for (catalog, server), session in sorted(self.sessions.items()):
             tools = published.setdefault(catalog, {})
+            listed = [str(raw.get("name")) for raw in session.tools or ()]
+            others = other_tools(server, listed, self._local.get(catalog, ()))
             for raw in session.tools or ():
                 if not isinstance(raw.get("name"), str) or not session.spec.imports(raw["name"]):
                     continue
-                spec = await self._check(catalog, server, raw)
+                spec = await self._check(catalog, server, raw, others)
                 if spec is not None:
                     tools[spec.name] = spec
             if session.tools is not None:
@@ -181,7 +185,9 @@ class Federation:
             if self.on_change is not None:
                 await self.on_change()
 
-    async def _check(self, catalog: str, server: str, raw: Mapping[str, Any]) -> ToolSpec | None:
+    async def _check(
+        self, catalog: str, server: str, raw: Mapping[str, Any], others: frozenset[str] = frozenset()
+    ) -> ToolSpec | None:
         name = str(raw["name"])
         try:
             current = tool_digest(raw)
@@ -191,7 +197,8 @@ class Federation:
         if pin is not None and pin.digest == current:
             self._drifted.pop((catalog, server, name), None)
             return published_tool(catalog, server, raw, current)
-        await self._drift(catalog, server, name, pin.digest if pin else None, current, raw)
+        neighbours = others - {name, f"{server}.{name}"}
+        await self._drift(catalog, server, name, pin.digest if pin else None, current, raw, neighbours)
         return None
 
     async def _check_removed(self, catalog: str, server: str, listed: set[str]) -> None:
@@ -201,14 +208,21 @@ class Federation:
                 await self._drift(catalog, server, name, pin.digest, None, None)
 
     async def _drift(
-        self, catalog: str, server: str, name: str, old: str | None, new: str | None, raw: Mapping[str, Any] | None
+        self,
+        catalog: str,
+        server: str,
+        name: str,
+        old: str | None,
+        new: str | None,
+        raw: Mapping[str, Any] | None,
+        others: frozenset[str] = frozenset(),
     ) -> None:
         key = (catalog, server, name)
         if key in self._drifted and self._drifted[key] == new:
             return  # audited once
         self._drifted[key] = new
         kind = "new" if old is None else "removed" if new is None else "changed"
-        found = [dataclasses.asdict(finding) for finding in findings(raw)] if raw is not None else []
+        found = [dataclasses.asdict(finding) for finding in findings(raw, others)] if raw is not None else []
         detail = {"server": server, "kind": kind, "old_digest": old, "new_digest": new, "findings": found}
         logger.warning("upstream tool %s.%s of %s is %s: not published until pinned", server, name, catalog, kind)
         await self._record(DRIFT, catalog, f"{server}.{name}", "deny", kind, detail)
