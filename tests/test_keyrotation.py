@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 
 from mcp_gateway.config import EgressSettings, IdentitySettings
 from mcp_gateway.devkeys import DevKey, ensure_dev_key
-from mcp_gateway.errors import UnauthenticatedError
+from mcp_gateway.errors import UNAUTHENTICATED, UnauthenticatedError
 from mcp_gateway.identity import JwtVerifier
 from mcp_gateway.jose import KEYS_STALE, UNKNOWN_KEY
 from mcp_gateway.jwks import parse_jwks
@@ -32,6 +33,7 @@ from mcp_gateway.keyring import KeyRing, load_keyring
 from tests.conftest import ISSUER as GATEWAY_ISSUER
 from tests.conftest import ExampleApi, make_deployment, serving_http
 from tests.jwks_server import JwksServer, serving_jwks
+from tests.raw_mcp import raw_stdio
 
 ISSUER = "https://idp.rotation.test"
 AUDIENCE = "https://gateway.rotation.test/mcp"
@@ -390,3 +392,48 @@ async def test_whatever_the_timing_of_forged_kids_fetches_are_min_refresh_apart(
     assert all(later - earlier >= MIN_REFRESH for earlier, later in itertools.pairwise(fetched_at))
     # The start-up read counts as an attempt: the first fetch comes a window after it at the earliest.
     assert len(fetched_at) <= (clock.now - 1000.0) // MIN_REFRESH
+
+
+def test_a_stdio_gateway_picks_up_a_rotation_on_the_first_token_of_the_new_key(
+    tmp_path: Path, example_api: ExampleApi, keys: tuple[DevKey, DevKey], idp: JwksServer
+) -> None:
+    # The timer (jwks_refresh) is far away: only the unknown kid can make the gateway re-read the JWKS.
+    old, new = keys
+    idp.publish(old.jwks())
+    deployment = make_deployment(
+        tmp_path,
+        example_api,
+        old,
+        identity={"jwks_url": idp.url, "jwks_file": None, "jwks_refresh": 3600.0, "jwks_min_refresh": 0.5},
+        egress={"allow": [example_api.url, idp.url.removesuffix("/jwks")]},
+    )
+    token_file = tmp_path / "token"
+    token_file.write_text(deployment.mint("alice", ("support",), "internal"))
+    new_token = new.mint(
+        "bob", roles=("support",), catalog="internal", issuer=GATEWAY_ISSUER, audience=deployment.audience
+    )
+    forged = ensure_dev_key(tmp_path / "never-published").mint(
+        "mallory", roles=("support",), catalog="internal", issuer=GATEWAY_ISSUER, audience=deployment.audience
+    )
+    with raw_stdio(deployment, MCP_GATEWAY_TOKEN_FILE=str(token_file)) as session:
+        session.initialize()
+        session.send({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+        assert "result" in session.receive()
+        fetched = idp.fetches
+        idp.publish(old.jwks(), new.jwks())
+        time.sleep(0.6)  # past jwks_min_refresh since start-up
+        token_file.write_text(new_token)
+        session.send({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
+        listed = session.receive()
+        assert "result" in listed, listed
+        assert idp.fetches == fetched + 1
+        # A kid the IdP never published is still refused, after (at most) one more read.
+        time.sleep(0.6)
+        token_file.write_text(forged)
+        session.send({"jsonrpc": "2.0", "id": 3, "method": "tools/list"})
+        assert session.receive()["error"]["code"] == UNAUTHENTICATED
+        assert idp.fetches == fetched + 2
+        stderr = session.close()
+    refusals = [line for line in stderr.splitlines() if "request refused" in line]
+    assert len(refusals) == 1, "the renewed token is not reported as refused; the forged one is, once"
+    assert UNKNOWN_KEY in refusals[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import mcp_types as types
@@ -20,22 +20,28 @@ from mcp_gateway.gateway import Gateway
 from mcp_gateway.identity import Principal
 from mcp_gateway.telemetry import current_trace_id
 
-__all__ = ["PrincipalSource", "build_server", "freeze_startup_heap"]
+__all__ = ["Authenticator", "PrincipalSource", "build_server", "freeze_startup_heap"]
 
 logger = logging.getLogger(__name__)
 
 PrincipalSource = Callable[[], Principal]
 """Yields the principal of the request being served, or raises ``UnauthenticatedError``."""
 
+Authenticator = Callable[[], Awaitable[Principal]]
+"""``PrincipalSource`` for a request's own authentication, when it may wait (say, to re-read rotated keys)."""
 
-def build_server(gateway: Gateway, principal: PrincipalSource) -> Server[Any]:
-    """The MCP server: every request is handed to the gateway with the principal ``principal()`` returns."""
+
+def build_server(
+    gateway: Gateway, principal: PrincipalSource, authenticate: Authenticator | None = None
+) -> Server[Any]:
+    """The MCP server: every request is handed to the gateway with the principal ``principal()`` returns, or
+    ``await authenticate()`` when given (``principal`` then serves only the SDK's synchronous hooks)."""
 
     async def on_list_tools(
         ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
         request_id = new_request_id()
-        caller = await _authenticate(gateway, principal, request_id, "tools/list")
+        caller = await _authenticate(gateway, authenticate or _awaitable(principal), request_id, "tools/list")
         try:
             tools = await gateway.list_tools(caller, request_id)
         except MCPError:
@@ -51,7 +57,9 @@ def build_server(gateway: Gateway, principal: PrincipalSource) -> Server[Any]:
 
     async def on_call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
         request_id = new_request_id()
-        caller = await _authenticate(gateway, principal, request_id, "tools/call", tool=params.name)
+        caller = await _authenticate(
+            gateway, authenticate or _awaitable(principal), request_id, "tools/call", tool=params.name
+        )
         # Only a caller that supplied a progressToken gets progress (and so a streamed model answer).
         progress = ctx.session.report_progress if _progress_token(ctx) is not None else None
         try:
@@ -96,11 +104,18 @@ def _progress_token(ctx: ServerRequestContext[Any]) -> str | int | None:
     return token if isinstance(token, str | int) and not isinstance(token, bool) else None
 
 
+def _awaitable(principal: PrincipalSource) -> Authenticator:
+    async def authenticate() -> Principal:
+        return principal()
+
+    return authenticate
+
+
 async def _authenticate(
-    gateway: Gateway, principal: PrincipalSource, request_id: str, method: str, tool: str | None = None
+    gateway: Gateway, authenticate: Authenticator, request_id: str, method: str, tool: str | None = None
 ) -> Principal:
     try:
-        return principal()
+        return await authenticate()
     except UnauthenticatedError as exc:
         try:
             await gateway.audit.append(

@@ -27,11 +27,12 @@ from mcp_gateway.audit.checkpoint import Checkpointer
 from mcp_gateway.errors import UnauthenticatedError
 from mcp_gateway.gateway import Gateway
 from mcp_gateway.identity import JwtVerifier, Principal
+from mcp_gateway.jose import UNKNOWN_KEY
 from mcp_gateway.transports.background import checkpointing, federating, reloading
-from mcp_gateway.transports.handlers import PrincipalSource, build_server, freeze_startup_heap
+from mcp_gateway.transports.handlers import Authenticator, PrincipalSource, build_server, freeze_startup_heap
 from mcp_gateway.transports.wire import refusal
 
-__all__ = ["TOKEN_ENV", "TOKEN_FILE_ENV", "serve", "stdio_principal"]
+__all__ = ["TOKEN_ENV", "TOKEN_FILE_ENV", "serve", "stdio_authenticator", "stdio_principal"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,28 +52,63 @@ def stdio_principal(verifier: JwtVerifier, environ: Mapping[str, str] = os.envir
     """
 
     def current() -> Principal:
-        token = environ.get(TOKEN_ENV)
-        token_file = environ.get(TOKEN_FILE_ENV)
-        source = TOKEN_ENV
+        token, source = _token(environ)
         try:
-            if not token and token_file:
-                source = f"{TOKEN_FILE_ENV} ({token_file})"
-                try:
-                    token = Path(token_file).read_text(encoding="utf-8").strip()
-                except (OSError, UnicodeDecodeError) as exc:
-                    detail = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-                    raise UnauthenticatedError(f"cannot read {token_file}: {detail}", reason=UNREADABLE) from exc
-                if not token:
-                    raise UnauthenticatedError(f"{token_file} is empty", reason=NO_TOKEN)
-            if not token:
-                source = f"{TOKEN_ENV} or {TOKEN_FILE_ENV}"
-                raise UnauthenticatedError(f"no token: set {TOKEN_ENV} or {TOKEN_FILE_ENV}", reason=NO_TOKEN)
             return verifier.verify(token)
         except UnauthenticatedError as exc:
-            print(f"mcp-gateway: request refused: {source}: {exc.reason}: {exc}", file=sys.stderr, flush=True)
+            _report(source, exc)
             raise
 
     return current
+
+
+def stdio_authenticator(verifier: JwtVerifier, environ: Mapping[str, str] = os.environ) -> Authenticator:
+    """:func:`stdio_principal` for serving: a token naming a kid the keys lack is verified once more after the
+    JWKS is re-read (at most once per ``identity.jwks_min_refresh``, one read for every waiting request), exactly
+    as over HTTP, so an IdP's rotation is picked up on its first token; only the final answer is reported."""
+
+    async def authenticate() -> Principal:
+        token, source = _token(environ)
+        try:
+            try:
+                return verifier.verify(token)
+            except UnauthenticatedError as refused:
+                if refused.reason != UNKNOWN_KEY or not await verifier.keyring.refresh_for_unknown_kid():
+                    raise
+                return verifier.verify(token)
+        except UnauthenticatedError as exc:
+            _report(source, exc)
+            raise
+
+    return authenticate
+
+
+def _token(environ: Mapping[str, str]) -> tuple[str, str]:
+    """The caller's token and where it came from; a missing or unreadable one is refused (and reported)."""
+    token = environ.get(TOKEN_ENV)
+    token_file = environ.get(TOKEN_FILE_ENV)
+    source = TOKEN_ENV
+    try:
+        if not token and token_file:
+            source = f"{TOKEN_FILE_ENV} ({token_file})"
+            try:
+                token = Path(token_file).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                detail = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                raise UnauthenticatedError(f"cannot read {token_file}: {detail}", reason=UNREADABLE) from exc
+            if not token:
+                raise UnauthenticatedError(f"{token_file} is empty", reason=NO_TOKEN)
+        if not token:
+            source = f"{TOKEN_ENV} or {TOKEN_FILE_ENV}"
+            raise UnauthenticatedError(f"no token: set {TOKEN_ENV} or {TOKEN_FILE_ENV}", reason=NO_TOKEN)
+    except UnauthenticatedError as exc:
+        _report(source, exc)
+        raise
+    return token, source
+
+
+def _report(source: str, exc: UnauthenticatedError) -> None:
+    print(f"mcp-gateway: request refused: {source}: {exc.reason}: {exc}", file=sys.stderr, flush=True)
 
 
 class _CheckedLines(anyio.AsyncFile[str]):
@@ -120,7 +156,7 @@ async def _answer(refusals: MemoryObjectReceiveStream[types.JSONRPCError], write
 
 async def serve(gateway: Gateway, verifier: JwtVerifier, checkpointer: Checkpointer | None) -> None:
     """Serve one client over stdin/stdout until it disconnects."""
-    server = build_server(gateway, stdio_principal(verifier))
+    server = build_server(gateway, stdio_principal(verifier), stdio_authenticator(verifier))
     freeze_startup_heap()
     refusals_in, refusals_out = anyio.create_memory_object_stream[types.JSONRPCError](16)
     with _client_stdin() as stdin:
