@@ -1,9 +1,10 @@
 """``make bench``: every benchmark, ratios against baselines measured in the same run.
 
-``python -m bench [--quick] [--only echo,gateway,policy,audit,memory,console,replicas] [--variant NAME:KEY=VALUE ...]``
-writes ``bench/results.json`` (or ``--output``) and prints one table per benchmark with the targets. A
-``--variant`` adds a governed configuration to the echo benchmark beside the default one and the ``power``
-durability level (always measured), e.g. ``--variant 'batch 64:audit.max_batch=64'``.
+``python -m bench [--quick] [--only NAME,...] [--variant NAME:KEY=VALUE ...]`` (names: echo, gateway, policy,
+audit, memory, console, replicas, metrics, grants) writes ``bench/results.json`` (or ``--output``) and prints
+one table per benchmark with the targets. A ``--variant`` adds a governed configuration to the echo benchmark
+beside the default one and the ``power`` durability level (always measured), e.g.
+``--variant 'batch 64:audit.max_batch=64'``.
 """
 
 from __future__ import annotations
@@ -18,11 +19,21 @@ from typing import Any
 import yaml
 from rich.console import Console
 
-from bench import audit_bench, console_bench, echo_bench, gateway_bench, memory_bench, policy_bench, replica_bench
+from bench import (
+    audit_bench,
+    console_bench,
+    echo_bench,
+    gateway_bench,
+    grant_bench,
+    memory_bench,
+    metrics_bench,
+    policy_bench,
+    replica_bench,
+)
 from bench.common import machine
 from bench.report import render
 
-BENCHMARKS = ("echo", "gateway", "policy", "audit", "memory", "console", "replicas")
+BENCHMARKS = ("echo", "gateway", "policy", "audit", "memory", "console", "replicas", "metrics", "grants")
 
 
 def _variant(text: str) -> tuple[str, dict[str, Any]]:
@@ -62,6 +73,8 @@ def main() -> None:
         "memory": lambda: memory_bench.run(args.quick),
         "console": lambda: console_bench.run(args.quick),
         "replicas": lambda: replica_bench.run(args.quick),
+        "metrics": lambda: metrics_bench.run(500 if args.quick else 2000, 3 if args.quick else 7),
+        "grants": lambda: grant_bench.run(args.quick),
     }
     console = Console(width=None if Console().is_terminal else 160)
     results: dict[str, Any] = {"machine": machine(), "quick": args.quick}

@@ -203,6 +203,28 @@ def replica_audit_rows(result: dict[str, Any]) -> tuple[Row, list[Row]]:
     return header, rows
 
 
+def metrics_rows(result: dict[str, Any]) -> tuple[Row, list[Row]]:
+    header = ["figure", "value"]
+    rows = [
+        ["governed echo call without metrics (µs)", f"{result['without_metrics_us']:.1f}"],
+        ["with metrics (µs)", f"{result['with_metrics_us']:.1f}"],
+        ["x without", f"{result['ratio']:.3f}"],
+        ["the metrics' own work per call, alone (µs)", f"{result['observer_us']:.1f}"],
+        ["share of a call", f"{result['observer_share']:.1%}"],
+        ["one scrape (ms / bytes)", f"{result['scrape_ms']:.2f} / {result['scrape_bytes']:,}"],
+    ]
+    return header, rows
+
+
+def grant_rows(result: dict[str, Any]) -> tuple[Row, list[Row]]:
+    header = ["grants on record", "plain SQL lookup µs", "chain-backed µs", "x plain"]
+    rows = [
+        [str(row["grants"]), f"{row['old_us']:.0f}", f"{row['chain_us']:.0f}", f"{row['ratio']:.2f}"]
+        for row in result["rows"]
+    ]
+    return header, rows
+
+
 TABLES = {
     "echo": [("Echo tool: gateway vs bare mcp server (medians of rounds)", echo_rows)],
     "rest": [],
@@ -215,6 +237,8 @@ TABLES = {
         ("Rate-limit store: shared (database) vs in-memory, cost per admitted call", limit_store_rows),
         ("Audit rows/s on one PostgreSQL trail: 3 writer processes vs 1 (all on the same 2 cores)", replica_audit_rows),
     ],
+    "metrics": [("Prometheus metrics: cost per governed call (median of alternating rounds)", metrics_rows)],
+    "grants": [("A refused call's grant lookup: chain-backed vs the plain SQL it replaced", grant_rows)],
 }
 TABLES["echo"].append(("REST tool: gateway vs bare MCP server vs httpx directly (HTTP, 2026-07-28)", rest_rows))
 
