@@ -145,6 +145,37 @@ async def test_time_going_back_refills_nothing_twice(bucket_url: str) -> None:
         caller.close()
 
 
+@pytest.mark.parametrize("path", ["async", "blocking"])
+async def test_the_sweep_forgets_only_buckets_that_have_refilled(bucket_url: str, path: str) -> None:
+    # A full bucket and no row are the same bucket: the sweep deletes rows that have refilled and nothing else,
+    # so the table stays bounded by the keys in use and no caller gains a token by being swept.
+    store = BucketTable(bucket_url, clock="caller")
+
+    async def take(key: str, now: float) -> float:
+        if path == "async":
+            return await store.take(key, 2.0, 1.0, now)
+        return store.take_blocking(key, 2.0, 1.0, now)
+
+    try:
+        for key in ("refilled", "partial", "empty"):
+            await take(key, 100.0)
+        await take("partial", 101.0)  # 1 + 1 refilled - 1: one token left at 101
+        await take("empty", 101.5)
+        await take("empty", 101.5)  # none left at 101.5
+        assert len(store.levels()) == 3
+        store._next_sweep = 0.0  # the sweep's interval is due on the next take
+        assert await take("now", 102.0) == 0.0
+        # At 102: "refilled" has been full since 101; "partial" holds 1 + 1 = 2 (full); "empty" holds 0.5.
+        assert sorted(bucket_id(key) for key in ("empty", "now")) == sorted(row["key"] for row in store.levels())
+        # A swept bucket starts full, exactly as if it had stayed: two takes, then a wait.
+        assert await take("refilled", 102.0) == 0.0
+        assert await take("refilled", 102.0) == 0.0
+        assert await take("refilled", 102.0) == pytest.approx(1.0)
+        assert await take("empty", 102.0) == pytest.approx(0.5)  # kept, and still owed its half token
+    finally:
+        store.close()
+
+
 # -- fail closed ---------------------------------------------------------------------------------------------------
 
 
