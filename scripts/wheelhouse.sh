@@ -24,6 +24,7 @@ OUT=$(cd "$OUT" && pwd)
 
 # The gateway's own wheel, then its dependencies exactly as locked (--no-deps: nothing the lock does not name).
 "$PYTHON" -m pip wheel --quiet --no-deps --wheel-dir "$OUT" .
+rm -rf build mcp_gateway.egg-info  # setuptools' leftovers in the checkout would shadow the installed metadata
 "$PYTHON" -m pip wheel --quiet --no-deps --require-hashes --requirement requirements.lock --wheel-dir "$OUT"
 strays=$(find "$OUT" -maxdepth 1 -type f ! -name '*.whl')
 if [ -n "$strays" ]; then
