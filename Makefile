@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint typecheck bench bench-quick clean
+.PHONY: demo test test-slow lint typecheck bench bench-quick lock wheelhouse clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,5 +40,16 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench --quick $(BENCH_ARGS)
 
+# The offline bundle (docs/offline-install.md), built on a connected linux x86_64 machine with CPython 3.11:
+#   make lock        re-resolve the runtime dependencies into requirements.lock (versions and sha256; needs PyPI)
+#   make wheelhouse  dist/wheelhouse/: every wheel from the lock plus the gateway's own, an install lock pinning
+#                    each file's sha256, sbom.cdx.json and SHA256SUMS; installed once offline to prove it complete
+lock: $(STAMP)
+	$(BIN)/pip-compile --quiet --generate-hashes --extra postgres --strip-extras --allow-unsafe \
+		--no-emit-index-url --no-emit-find-links --output-file requirements.lock pyproject.toml
+
+wheelhouse: $(STAMP)
+	scripts/wheelhouse.sh $(BIN)/python dist/wheelhouse
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info

@@ -16,6 +16,7 @@ from mcp_gateway.cli.common import ErrorMappingGroup
 from mcp_gateway.cli.init import init
 from mcp_gateway.cli.models import models_app
 from mcp_gateway.cli.policy import policy_app
+from mcp_gateway.cli.sbom import sbom
 from mcp_gateway.cli.serve import config_app, serve, token_app
 
 __all__ = ["app", "main"]
@@ -25,6 +26,7 @@ app = typer.Typer(
 )
 app.command()(serve)
 app.command()(init)
+app.command()(sbom)
 app.add_typer(config_app, name="config")
 app.add_typer(token_app, name="token")
 app.add_typer(policy_app, name="policy")
