@@ -13,6 +13,7 @@ from mcp_gateway.cli.audit import audit_app
 from mcp_gateway.cli.breakglass import approval_app, breakglass_app
 from mcp_gateway.cli.catalog import catalog_app
 from mcp_gateway.cli.common import ErrorMappingGroup
+from mcp_gateway.cli.doctor import doctor
 from mcp_gateway.cli.init import init
 from mcp_gateway.cli.models import models_app
 from mcp_gateway.cli.policy import policy_app
@@ -27,6 +28,7 @@ app = typer.Typer(
 app.command()(serve)
 app.command()(init)
 app.command()(sbom)
+app.command()(doctor)
 app.add_typer(config_app, name="config")
 app.add_typer(token_app, name="token")
 app.add_typer(policy_app, name="policy")
